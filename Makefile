@@ -1,0 +1,63 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both install what they need into .venv first (Python 3.10+ is all it takes).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= data
+
+.PHONY: install test lint format demo fashion_mnist benchmark clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[train,dev]"
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff format --check byol configs experiments tests
+	$(VENV)/bin/ruff check byol configs experiments tests
+
+format: install
+	$(VENV)/bin/ruff format byol configs experiments tests
+	$(VENV)/bin/ruff check --fix byol configs experiments tests
+
+test: lint
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Fashion-MNIST's four IDX files from the Debian package dataset-fashion-mnist,
+# into $(DATA_DIR)/downloads/manual/fashion_mnist/ (tfds's manual-download
+# layout); the first `byol.data.load` builds the tfds dataset from them.
+# Does nothing when the files are there; runs `apt-get update` (root) only
+# when `apt-get download` fails because the package lists are empty.
+FASHION_MNIST_DIR := $(DATA_DIR)/downloads/manual/fashion_mnist
+FASHION_MNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz \
+	t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+
+fashion_mnist:
+	@set -e; \
+	missing=0; \
+	for f in $(FASHION_MNIST_FILES); do test -s "$(FASHION_MNIST_DIR)/$$f" || missing=1; done; \
+	if [ $$missing = 0 ]; then echo "fashion_mnist: files already in $(FASHION_MNIST_DIR)"; exit 0; fi; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	if ! (cd "$$tmp" && apt-get download dataset-fashion-mnist); then \
+		if ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+			echo "fashion_mnist: apt-get download dataset-fashion-mnist failed" >&2; exit 1; \
+		fi; \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "fashion_mnist: apt package lists are empty; run 'sudo apt-get update' and retry" >&2; exit 1; \
+		fi; \
+		apt-get update -qq; \
+		(cd "$$tmp" && apt-get download dataset-fashion-mnist); \
+	fi; \
+	dpkg -x "$$tmp"/dataset-fashion-mnist_*.deb "$$tmp/root"; \
+	mkdir -p "$(FASHION_MNIST_DIR)"; \
+	for f in $(FASHION_MNIST_FILES); do \
+		cp "$$tmp/root/usr/share/datasets/fashion-mnist/$$f" "$(FASHION_MNIST_DIR)/"; \
+	done; \
+	echo "fashion_mnist: wrote $(FASHION_MNIST_FILES) to $(FASHION_MNIST_DIR)"

@@ -1,0 +1,332 @@
+"""BYOL pre-training: the training state, its initialisation and the pmapped step.
+
+`ByolExperiment` holds no arrays: it builds the Haiku forward once from a
+config and exposes pure functions of the training state. The training loop
+(`byol.train`) owns the state, the data and the checkpoints.
+
+One step, as data:
+
+    uint8 images ─ augment view 1 / view 2 (per example, on device) ─ normalise
+      online forward (both views) ─┐
+      target forward (both views) ─┴→ 2 − 2cos, symmetrised + online classifier
+      grads ─pmean→ LARS → online params;  τ(step) ─EMA→ target params
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from byol import augmentations, bn_init, losses, networks, optimizers, schedules
+from byol.normalization import NormConfig
+from byol.target import update_target
+
+AXIS = "i"  # the pmap axis: every device of every process
+
+
+class TrainState(NamedTuple):
+    """Everything a BYOL step reads and writes (one replica)."""
+
+    online_params: hk.Params
+    online_state: hk.State
+    target_params: hk.Params
+    target_state: hk.State
+    opt_state: optax.OptState
+
+
+def network_norms(model: ml_collections.ConfigDict) -> networks.NetworkNorms:
+    """The per-component normalisation a model config asks for.
+
+    Args:
+        model: the `model` section of a config (norm preset, overrides, groups).
+
+    Returns:
+        The encoder/projector/predictor `NormConfig`s, BN synchronised over AXIS.
+    """
+    preset = networks.norm_preset(model.norm)
+
+    def component(norm: NormConfig, kind: str, ws: bool) -> NormConfig:
+        kind = kind or norm.kind
+        return dataclasses.replace(
+            norm,
+            kind=kind,
+            num_groups=model.num_groups,
+            ws=ws,
+            ws_eps=model.ws_eps,
+            cross_replica_axis=AXIS if kind == "bn" else None,
+        )
+
+    encoder_ws = preset.encoder.ws if model.encoder_ws < 0 else bool(model.encoder_ws)
+    return networks.NetworkNorms(
+        encoder=component(preset.encoder, model.encoder_norm, encoder_ws),
+        projector=component(preset.projector, model.projector_norm, bool(model.mlp_ws)),
+        predictor=component(preset.predictor, model.predictor_norm, bool(model.mlp_ws)),
+    )
+
+
+def make_forward(
+    model: ml_collections.ConfigDict, norms: networks.NetworkNorms, num_classes: int
+) -> hk.TransformedWithState:
+    """The BYOL network: encoder → projector → predictor, plus a linear probe.
+
+    The classifier sees `stop_gradient(embedding)`, so it monitors the
+    representation without shaping it.
+    """
+
+    def forward(images: jax.Array, is_training: bool) -> dict[str, jax.Array]:
+        encoder = networks.make_encoder(
+            model.encoder,
+            width_multiplier=model.width_multiplier,
+            norm=norms.encoder,
+            small_image=model.small_image,
+        )
+        projector = networks.MLP(
+            model.projector_hidden_size,
+            model.projection_size,
+            norm=norms.projector,
+            name="projector",
+        )
+        predictor = networks.MLP(
+            model.predictor_hidden_size,
+            model.projection_size,
+            norm=norms.predictor,
+            name="predictor",
+        )
+        classifier = hk.Linear(num_classes, name="classifier")
+        embedding = encoder(images, is_training)
+        projection = projector(embedding, is_training)
+        return dict(
+            embedding=embedding,
+            projection=projection,
+            prediction=predictor(projection, is_training),
+            logits=classifier(jax.lax.stop_gradient(embedding)),
+        )
+
+    return hk.transform_with_state(forward)
+
+
+def collapse_indicator(projection: jax.Array) -> jax.Array:
+    """Mean over dimensions of the batch std of l2-normalised outputs, times √d.
+
+    About 1 for well-spread outputs, 0 when every example maps to one direction.
+    """
+    z = losses.l2_normalize(projection)
+    return jnp.mean(jnp.std(z, axis=0)) * jnp.sqrt(z.shape[-1])
+
+
+def _top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    k = min(k, logits.shape[-1])
+    top_k = jax.lax.top_k(logits, k)[1]
+    hits = jnp.any(top_k == labels[:, None], axis=-1)
+    valid = labels >= 0
+    return jnp.sum(hits & valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _classifier_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    # Unlabelled examples (label -1, e.g. STL-10's unlabelled split) are skipped.
+    valid = labels >= 0
+    xent = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(valid, labels, 0)
+    )
+    return jnp.sum(xent * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+class ByolExperiment:
+    """BYOL (or BYOL without batch statistics) as pure, pmapped functions.
+
+    Example:
+        >>> exp = ByolExperiment(config, num_classes=10)            # doctest: +SKIP
+        >>> state = exp.init(jax.random.key(0), first_batch)        # doctest: +SKIP
+        >>> state, scalars = exp.update(state, step, batch)         # doctest: +SKIP
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+        """Builds the network, optimiser and schedules from a config.
+
+        Args:
+            config: a full config (see configs/common.py).
+            num_classes: classes of the online linear classifier.
+        """
+        self.config = config
+        model, training = config.model, config.training
+        self.norms = network_norms(model)
+        if model.bn_init:
+            if any(n.kind != "bn" for n in self.norms):
+                raise ValueError(
+                    "model.bn_init needs BN in every component (model.norm='bn' "
+                    "and no per-component override)"
+                )
+            self._bn_forward = make_forward(model, self.norms, num_classes)
+            self.norms = bn_init.to_affine(self.norms)
+        self.forward = make_forward(model, self.norms, num_classes)
+        # Without batch statistics an example's output does not depend on the
+        # rest of its batch, so both views can share one forward pass.
+        self.batch_independent = all(n.kind != "bn" for n in self.norms)
+
+        self.lr_schedule = schedules.learning_rate_schedule(
+            training.base_learning_rate,
+            training.batch_size,
+            training.max_steps,
+            training.warmup_steps,
+        )
+        self.tau_schedule = schedules.target_ema_schedule(
+            training.base_target_ema, training.max_steps
+        )
+        self.optimizer = optimizers.lars(
+            self.lr_schedule, weight_decay=training.weight_decay
+        )
+        self._base_key = jax.random.key(config.seed)
+        self.init = jax.pmap(self._init, axis_name=AXIS, in_axes=(None, 0))
+        self.update = jax.pmap(
+            self._update, axis_name=AXIS, in_axes=(0, None, 0), donate_argnums=(0,)
+        )
+
+    # ------------------------------------------------------------------ views
+    def views(self, rng: jax.Array, batch: dict[str, jax.Array]):
+        """Two augmented, normalised views of a batch (on the device).
+
+        Fixed-size datasets send raw images (`images`) and are cropped here;
+        JPEG datasets send two host-cropped views (`view1`, `view2`).
+        """
+        size = self.config.data.image_size
+        if "images" in batch:
+            view1, view2 = augmentations.augment_views(
+                rng, batch["images"], crop=True, output_size=size
+            )
+        else:
+            rng1, rng2 = jax.random.split(rng)
+            view1 = augmentations.augment(
+                rng1, batch["view1"], augmentations.VIEW1, crop=False
+            )
+            view2 = augmentations.augment(
+                rng2, batch["view2"], augmentations.VIEW2, crop=False
+            )
+        return augmentations.normalize(view1), augmentations.normalize(view2)
+
+    # ------------------------------------------------------------------- init
+    def _init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        online_rng, target_rng, view_rng = jax.random.split(rng, 3)
+        view1, _ = self.views(view_rng, batch)
+        if self.config.model.bn_init:
+            online_params = self._bn_statistics_params(online_rng, view1)
+            target_params = self._bn_statistics_params(target_rng, view1)
+            _, online_state = self.forward.init(online_rng, view1, is_training=True)
+            target_state = online_state
+        else:
+            online_params, online_state = self.forward.init(
+                online_rng, view1, is_training=True
+            )
+            target_params, target_state = self.forward.init(
+                target_rng, view1, is_training=True
+            )
+        return TrainState(
+            online_params=online_params,
+            online_state=online_state,
+            target_params=target_params,
+            target_state=target_state,
+            opt_state=self.optimizer.init(online_params),
+        )
+
+    def _bn_statistics_params(self, rng: jax.Array, images: jax.Array) -> hk.Params:
+        params, state = self._bn_forward.init(rng, images, is_training=True)
+        return bn_init.bn_statistics_init(
+            self._bn_forward.apply, params, state, None, images, is_training=True
+        )
+
+    # ----------------------------------------------------------------- update
+    def _two_view_forward(self, params, state, view1, view2):
+        if self.batch_independent:
+            both, state = self.forward.apply(
+                params, state, None, jnp.concatenate([view1, view2]), is_training=True
+            )
+            out1 = jax.tree.map(lambda x: x[: len(view1)], both)
+            out2 = jax.tree.map(lambda x: x[len(view1) :], both)
+            return out1, out2, state
+        out1, state = self.forward.apply(params, state, None, view1, is_training=True)
+        out2, state = self.forward.apply(params, state, None, view2, is_training=True)
+        return out1, out2, state
+
+    def _loss(
+        self, online_params, online_state, target1, target2, view1, view2, labels
+    ):
+        out1, out2, online_state = self._two_view_forward(
+            online_params, online_state, view1, view2
+        )
+        repr_loss = losses.byol_loss(
+            out1["prediction"], out2["prediction"], target1, target2
+        )
+        classifier_loss = _classifier_loss(out1["logits"], labels)
+        scalars = dict(
+            repr_loss=repr_loss,
+            classifier_loss=classifier_loss,
+            top1=_top_k_accuracy(out1["logits"], labels, 1),
+            top5=_top_k_accuracy(out1["logits"], labels, 5),
+            collapse=collapse_indicator(out1["projection"]),
+        )
+        return repr_loss + classifier_loss, (online_state, scalars)
+
+    def _update(self, state: TrainState, step: jax.Array, batch: dict[str, jax.Array]):
+        # The key is a function of (seed, step, device): resuming at a step
+        # replays exactly the augmentations an uninterrupted run would draw.
+        rng = jax.random.fold_in(self._base_key, step)
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+        view1, view2 = self.views(rng, batch)
+
+        target1, target2, target_state = self._two_view_forward(
+            state.target_params, state.target_state, view1, view2
+        )
+        grad_fn = jax.grad(self._loss, has_aux=True)
+        grads, (online_state, scalars) = grad_fn(
+            state.online_params,
+            state.online_state,
+            target1["projection"],
+            target2["projection"],
+            view1,
+            view2,
+            batch["labels"],
+        )
+        grads = jax.lax.pmean(grads, axis_name=AXIS)
+        updates, opt_state = self.optimizer.update(
+            grads, state.opt_state, state.online_params
+        )
+        online_params = optax.apply_updates(state.online_params, updates)
+        tau = self.tau_schedule(step)
+        target_params = update_target(online_params, state.target_params, tau)
+
+        scalars.update(
+            loss=scalars["repr_loss"] + scalars["classifier_loss"],
+            tau=tau,
+            learning_rate=self.lr_schedule(step),
+            grad_norm=optax.global_norm(grads),
+            param_norm=optax.global_norm(online_params),
+            update_norm=optax.global_norm(updates),
+        )
+        scalars = jax.lax.pmean(scalars, axis_name=AXIS)
+        new_state = TrainState(
+            online_params=online_params,
+            online_state=online_state,
+            target_params=target_params,
+            target_state=target_state,
+            opt_state=opt_state,
+        )
+        return new_state, scalars
+
+    # --------------------------------------------------------------- features
+    @functools.partial(jax.jit, static_argnums=0)
+    def embed(self, params: hk.Params, state: hk.State, images: jax.Array):
+        """Frozen-encoder features of uint8 images (inference mode, no crop)."""
+        x = augmentations.normalize(images)
+        out, _ = self.forward.apply(params, state, None, x, is_training=False)
+        return out["embedding"]
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy of a pmapped (replicated) pytree, on the host."""
+    return jax.device_get(jax.tree.map(lambda x: x[0], tree))

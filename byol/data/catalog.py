@@ -1,0 +1,213 @@
+"""What each dataset is made of: tfds splits, the held-out part, how to get it.
+
+Pure Python (no TensorFlow), so names and split rules can be checked cheaply.
+
+Our splits, as in the reference BYOL code:
+
+=================  ===========================================================
+``train``          everything used for pre-training (stl10: unlabelled + train)
+``train_minus_val``  ``train`` without the held-out ``val`` part
+``val``            the last ``val_size`` examples of the labelled tfds train
+                   split (tfds stores examples in a hash-shuffled order, so
+                   this is a fixed pseudo-random subset)
+``test``           the official split used for reporting (ImageNet's and
+                   Imagenette's ``validation``; ``test`` elsewhere)
+=================  ===========================================================
+
+Held-out sizes: imagenet2012 10,009 (the BYOL paper's count; the released code
+holds out the first 10,000), cifar10 / cifar100 / fashion_mnist 10,000,
+imagenette 1,000, stl10 1,000 of the 5,000 labelled images, an image folder
+10% of its train images (at most 10,000).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SPLITS = ("train", "train_minus_val", "val", "test")
+IMAGE_FOLDER_PREFIX = "image_folder:"
+DEFAULT_DATA_DIR = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """How one dataset maps onto tfds.
+
+    Attributes:
+      labelled: the tfds split with labels from which ``val`` is held out.
+      test: the tfds split reported on.
+      val_size: examples held out of ``labelled`` (taken from its end).
+      unlabelled: tfds splits without labels, added to ``train`` (label -1).
+      fixed_size: whether all images share one small shape; those cross to the
+        device raw and are cropped there. Otherwise (JPEG datasets) the host
+        decodes and crops.
+      how_to_get: one line telling the user how to obtain the dataset; may use
+        ``{data_dir}``.
+    """
+
+    labelled: str
+    test: str
+    val_size: int
+    unlabelled: tuple[str, ...] = ()
+    fixed_size: bool = True
+    how_to_get: str = ""
+
+
+def _from_internet(name: str) -> str:
+    return (
+        f"on a machine with internet run `python -m byol.data.prepare {name} "
+        "--data_dir {data_dir}` (tfds downloads it), then copy "
+        f"{{data_dir}}/{name} here"
+    )
+
+
+SPECS: dict[str, Spec] = {
+    "fashion_mnist": Spec(
+        "train",
+        "test",
+        10_000,
+        how_to_get=(
+            "run `make fashion_mnist DATA_DIR={data_dir}` (fetches the IDX files "
+            "of the Debian package dataset-fashion-mnist; the first load builds "
+            "the tfds dataset from them)"
+        ),
+    ),
+    "cifar10": Spec("train", "test", 10_000, how_to_get=_from_internet("cifar10")),
+    "cifar100": Spec("train", "test", 10_000, how_to_get=_from_internet("cifar100")),
+    "stl10": Spec(
+        "train",
+        "test",
+        1_000,
+        unlabelled=("unlabelled",),
+        how_to_get=_from_internet("stl10"),
+    ),
+    "imagenette": Spec(
+        "train",
+        "validation",
+        1_000,
+        fixed_size=False,
+        how_to_get=_from_internet("imagenette"),
+    ),
+    "imagenet2012": Spec(
+        "train",
+        "validation",
+        10_009,
+        fixed_size=False,
+        how_to_get=(
+            "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+            "https://image-net.org into {data_dir}/downloads/manual/ (tfds manual "
+            "download), then run `python -m byol.data.prepare imagenet2012 "
+            "--data_dir {data_dir}`"
+        ),
+    ),
+}
+DATASETS = (*SPECS, IMAGE_FOLDER_PREFIX + "<dir>")
+
+
+def base_name(dataset: str) -> str:
+    """Returns the catalogue name of a tfds name with config/version.
+
+    Args:
+      dataset: e.g. ``'imagenette/160px-v2'`` or ``'cifar10:3.0.2'``.
+
+    Returns:
+      The part before any ``/`` or ``:``, e.g. ``'imagenette'``.
+
+    Example:
+      >>> base_name('imagenette/160px-v2')
+      'imagenette'
+    """
+    return dataset.split("/")[0].split(":")[0]
+
+
+def spec(dataset: str) -> Spec:
+    """Returns the `Spec` of a tfds-backed dataset.
+
+    Args:
+      dataset: a name of `DATASETS` (tfds config/version suffixes allowed).
+
+    Returns:
+      Its `Spec`.
+
+    Raises:
+      ValueError: for an unknown name.
+
+    Example:
+      >>> spec('cifar10').val_size
+      10000
+    """
+    found = SPECS.get(base_name(dataset))
+    if found is None:
+        raise ValueError(
+            f"dataset {dataset!r} unknown; expected one of: {', '.join(DATASETS)}"
+        )
+    return found
+
+
+def check_split(split: str) -> None:
+    """Raises ValueError unless `split` is one of `SPLITS`.
+
+    Args:
+      split: a split name.
+
+    Raises:
+      ValueError: for an unknown split.
+
+    Example:
+      >>> check_split('val')
+    """
+    if split not in SPLITS:
+        raise ValueError(
+            f"split {split!r} unknown; expected one of: {', '.join(SPLITS)}"
+        )
+
+
+def split_ranges(
+    split: str,
+    sizes: dict[str, int],
+    labelled: str,
+    test: str,
+    val_size: int,
+    unlabelled: tuple[str, ...] = (),
+    labelled_only: bool = False,
+) -> list[tuple[str, int, int]]:
+    """Expresses one of our splits as ranges of source splits.
+
+    Args:
+      split: one of `SPLITS`.
+      sizes: number of examples of each source split.
+      labelled: the source split holding labelled training examples.
+      test: the source split used as ``test``.
+      val_size: examples held out from the end of ``labelled``.
+      unlabelled: source splits without labels, part of ``train`` and
+        ``train_minus_val``.
+      labelled_only: leave the unlabelled source splits out.
+
+    Returns:
+      ``[(source_split, start, end), ...]``, concatenated in this order. Empty
+      ranges are dropped.
+
+    Raises:
+      ValueError: for an unknown split, or a held-out part that leaves nothing
+        to train on.
+
+    Example:
+      >>> split_ranges('val', {'train': 100, 'test': 10}, 'train', 'test', 20)
+      [('train', 80, 100)]
+    """
+    check_split(split)
+    n = sizes[labelled]
+    if split in ("train_minus_val", "val") and not 0 <= val_size < n:
+        raise ValueError(
+            f"val_size {val_size} must be smaller than the {n} examples of the "
+            f"labelled split {labelled!r}"
+        )
+    extra = [] if labelled_only else [(s, 0, sizes[s]) for s in unlabelled]
+    if split == "test":
+        ranges = [(test, 0, sizes[test])]
+    elif split == "val":
+        ranges = [(labelled, n - val_size, n)]
+    else:
+        end = n if split == "train" else n - val_size
+        ranges = [*extra, (labelled, 0, end)]
+    return [(s, a, b) for s, a, b in ranges if b > a]

@@ -1,0 +1,148 @@
+"""A folder of the user's own images as a dataset (``image_folder:/path``).
+
+Layout (the same as tfds's ImageFolder, with two relaxations):
+
+* If the folder has a ``train/`` subfolder, its subfolders are splits:
+  ``train/`` and, for ``test``, the first of ``test/``, ``validation/``,
+  ``val/``. Otherwise the whole folder is ``train`` and there is no ``test``.
+* Inside a split, images in a subfolder ``<class>/`` (at any depth below it)
+  get that class's label (classes sorted by name, over all splits); images
+  directly in the split folder get label -1 (unlabelled). A folder without
+  class subfolders is therefore an unlabelled pre-training set.
+* Files are recognised by extension (.jpg .jpeg .png .gif .bmp, any case);
+  other files and hidden entries are ignored. Each image's first bytes are
+  checked against the format signatures at load time, so a non-image with an
+  image extension fails at once with its path (or is skipped with a warning
+  when ``skip_bad_images`` is set); a corrupt image body surfaces while
+  decoding, again naming the file.
+
+Examples are ordered by a hash of their relative path (a fixed pseudo-random
+order that does not depend on the listing), and ``val`` is the last 10% of
+``train`` in that order (at most 10,000). Pure Python; the scan reads 16 bytes
+per file, and it runs on every `load` (no cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+_TEST_DIRS = ("test", "validation", "val")
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+    """The scanned contents of an image folder.
+
+    Attributes:
+      root: the folder.
+      paths: per source split (``'train'``, maybe ``'test'``), the image paths
+        in their fixed order.
+      labels: per source split, int32 labels (-1: unlabelled).
+      class_names: sorted class names; label ``i`` is ``class_names[i]``.
+    """
+
+    root: str
+    paths: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    class_names: tuple[str, ...]
+
+    @property
+    def val_size(self) -> int:
+        """Examples of ``train`` held out as ``val``."""
+        return min(10_000, len(self.paths["train"]) // 10)
+
+
+def _list_images(split_dir: str) -> list[tuple[str, str]]:
+    """Returns (relative path, class or '') of the images under `split_dir`."""
+    found = []
+    for parent, dirs, files in os.walk(split_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel_parent = os.path.relpath(parent, split_dir)
+        label = "" if rel_parent == "." else rel_parent.split(os.sep)[0]
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(EXTENSIONS):
+                found.append((os.path.normpath(os.path.join(rel_parent, name)), label))
+    return found
+
+
+def _is_image(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return head.startswith(_SIGNATURES)
+
+
+def _order_key(relative_path: str) -> bytes:
+    return hashlib.md5(relative_path.encode("utf-8")).digest()
+
+
+def scan(root: str, skip_bad_images: bool = False) -> Folder:
+    """Lists and checks the images of a folder.
+
+    Args:
+      root: the folder (see the module docstring for its layout).
+      skip_bad_images: skip files whose first bytes are not an image's (with a
+        warning) instead of raising.
+
+    Returns:
+      The `Folder`.
+
+    Raises:
+      FileNotFoundError: if `root` is not a directory or holds no images.
+      ValueError: naming the first file that is not an image (unless skipped).
+
+    Example:
+      >>> folder = scan('/path/to/photos')  # doctest: +SKIP
+      >>> folder.paths['train'][:2]  # doctest: +SKIP
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root} not found (not a directory)")
+    split_dirs = {"train": root}
+    if os.path.isdir(os.path.join(root, "train")):
+        split_dirs = {"train": os.path.join(root, "train")}
+        for name in _TEST_DIRS:
+            if os.path.isdir(os.path.join(root, name)):
+                split_dirs["test"] = os.path.join(root, name)
+                break
+    listed = {split: _list_images(d) for split, d in split_dirs.items()}
+    class_names = tuple(
+        sorted({c for items in listed.values() for _, c in items} - {""})
+    )
+    class_index = {name: i for i, name in enumerate(class_names)}
+    paths, labels = {}, {}
+    for split, items in listed.items():
+        items.sort(key=lambda item: _order_key(item[0]))
+        full = [os.path.join(split_dirs[split], rel) for rel, _ in items]
+        keep = []
+        for path in full:
+            good = _is_image(path)
+            if not good and not skip_bad_images:
+                raise ValueError(
+                    f"{path} is not a JPEG/PNG/GIF/BMP image (bad file signature); "
+                    "remove it or set skip_bad_images"
+                )
+            if not good:
+                logging.warning("Skipping %s: not a JPEG/PNG/GIF/BMP image.", path)
+            keep.append(good)
+        paths[split] = np.array(
+            [p for p, k in zip(full, keep, strict=True) if k], dtype=object
+        )
+        labels[split] = np.array(
+            [
+                class_index[c] if c else -1
+                for (_, c), k in zip(items, keep, strict=True)
+                if k
+            ],
+            dtype=np.int32,
+        )
+    if not len(paths["train"]):
+        raise FileNotFoundError(
+            f"image folder {root} holds no images ({', '.join(EXTENSIONS)})"
+        )
+    return Folder(root, paths, labels, class_names)

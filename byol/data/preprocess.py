@@ -1,0 +1,169 @@
+"""Host-side image ops (TensorFlow): decode fused with crop, then resize to uint8.
+
+Only the crops run here; flips, colour, blur and solarisation run on the
+device. The random-resized-crop window follows the released BYOL code
+(deepmind-research/byol/utils/dataset.py, `_decode_and_random_crop`): area
+fraction U[0.08, 1], aspect ratio log-uniform in [3/4, 4/3], width and height
+clipped to the image, uniform offset; it is drawn with stateless RNG from a
+per-example seed so the stream is reproducible. JPEGs are decoded only inside
+the window (`tf.io.decode_and_crop_jpeg`); PNG/GIF/BMP are decoded whole and
+sliced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+AREA_RANGE = (0.08, 1.0)
+LOG_ASPECT_RANGE = (math.log(3 / 4), math.log(4 / 3))
+EVAL_CROP_FRACTION = 224 / 256
+
+
+def random_crop_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Draws a random-resized-crop window.
+
+    Args:
+      shape: ``[height, width, ...]`` of the image (int32).
+      seed: stateless RNG seed, int64 ``[2]``.
+
+    Returns:
+      ``[offset_y, offset_x, height, width]`` int32, inside the image.
+
+    Example:
+      >>> w = random_crop_window(tf.constant([100, 200, 3]), tf.constant([0, 1]))
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    height, width = shape[0], shape[1]
+    area = tf.cast(height * width, tf.float32)
+    target_area = tf.random.stateless_uniform([], seeds[0], *AREA_RANGE) * area
+    aspect = tf.exp(tf.random.stateless_uniform([], seeds[1], *LOG_ASPECT_RANGE))
+    crop_w = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+    crop_h = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+    crop_w = tf.clip_by_value(crop_w, 1, width)
+    crop_h = tf.clip_by_value(crop_h, 1, height)
+    offset_x = tf.random.stateless_uniform(
+        [], seeds[2], 0, width - crop_w + 1, dtype=tf.int32
+    )
+    offset_y = tf.random.stateless_uniform(
+        [], seeds[3], 0, height - crop_h + 1, dtype=tf.int32
+    )
+    return tf.stack([offset_y, offset_x, crop_h, crop_w])
+
+
+def center_crop_window(
+    shape: tf.Tensor, fraction: float = EVAL_CROP_FRACTION
+) -> tf.Tensor:
+    """Returns the centred square window of side `fraction` x the short side.
+
+    Args:
+      shape: ``[height, width, ...]`` of the image (int32).
+      fraction: side of the crop relative to the shorter image side (224/256
+        as in the reference evaluation).
+
+    Returns:
+      ``[offset_y, offset_x, side, side]`` int32.
+
+    Example:
+      >>> center_crop_window(tf.constant([256, 512, 3])).numpy()
+      array([ 16, 144, 224, 224], dtype=int32)
+    """
+    height, width = shape[0], shape[1]
+    side = tf.cast(fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    side = tf.maximum(side, 1)
+    return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+
+
+def decode_and_crop(encoded: tf.Tensor, window_fn) -> tf.Tensor:
+    """Decodes an encoded image inside a window chosen from its shape.
+
+    Args:
+      encoded: JPEG/PNG/GIF/BMP bytes (scalar string).
+      window_fn: maps the image shape (int32 ``[3]``) to a crop window.
+
+    Returns:
+      The crop, uint8 ``[h, w, 3]`` (grayscale and RGBA become RGB).
+
+    Example:
+      >>> crop = decode_and_crop(jpeg_bytes, center_crop_window)  # doctest: +SKIP
+    """
+
+    def jpeg():
+        window = window_fn(tf.io.extract_jpeg_shape(encoded))
+        return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
+
+    def other():
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        y, x, h, w = tf.unstack(window_fn(tf.shape(image)))
+        return image[y : y + h, x : x + w]
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Resizes to ``size x size`` with bicubic interpolation, back to uint8.
+
+    Bicubic overshoots are clipped to [0, 255] and values rounded, so the
+    device sees the reference's ``clip(resize(x) / 255, 0, 1)`` up to 1/510.
+
+    Args:
+      image: uint8 ``[h, w, c]``.
+      size: output side.
+
+    Returns:
+      uint8 ``[size, size, c]``.
+
+    Example:
+      >>> resize(tf.zeros([10, 20, 3], tf.uint8), 8).shape
+      TensorShape([8, 8, 3])
+    """
+    resized = tf.image.resize(image, [size, size], tf.image.ResizeMethod.BICUBIC)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def random_views(encoded: tf.Tensor, seed: tf.Tensor, size: int, num_views: int):
+    """Decodes `num_views` independent random-resized crops of one image.
+
+    Args:
+      encoded: image bytes.
+      seed: int64 ``[2]`` stateless seed of this example.
+      size: output side.
+      num_views: number of crops.
+
+    Returns:
+      A list of uint8 ``[size, size, 3]`` crops.
+
+    Example:
+      >>> v1, v2 = random_views(jpeg, tf.constant([0, 7]), 64, 2)  # doctest: +SKIP
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num_views)
+    return [
+        resize(
+            decode_and_crop(
+                encoded, lambda shape, s=seeds[i]: random_crop_window(shape, s)
+            ),
+            size,
+        )
+        for i in range(num_views)
+    ]
+
+
+def center_view(encoded: tf.Tensor, size: int, fraction: float = EVAL_CROP_FRACTION):
+    """Decodes the evaluation view: centre crop, resized to ``size``.
+
+    Args:
+      encoded: image bytes.
+      size: output side.
+      fraction: crop side relative to the short side.
+
+    Returns:
+      uint8 ``[size, size, 3]``.
+
+    Example:
+      >>> image = center_view(jpeg_bytes, 224)  # doctest: +SKIP
+    """
+    return resize(
+        decode_and_crop(encoded, lambda shape: center_crop_window(shape, fraction)),
+        size,
+    )

@@ -1,0 +1,1 @@
+"""Configurations, one file per setup (see each file's docstring)."""

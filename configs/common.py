@@ -1,0 +1,71 @@
+"""Defaults shared by every configuration: each config file overrides a few."""
+
+import ml_collections
+
+# The normalisation variants a config string can name. `bn_init` trains without
+# BN from the BN-statistics initialisation (the paper's 65.7% protocol).
+NORM_VARIANTS = ("bn", "gn_ws", "none", "bn_init")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the full set of fields with the reference BYOL defaults."""
+    config = ml_collections.ConfigDict()
+    config.mode = "pretrain"  # pretrain | linear_eval
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "imagenet2012"
+    config.data.data_dir = "data"
+    config.data.image_size = 224
+    # Host threads for tf.data; keep low on small CPUs so the step gets the cores.
+    config.data.num_threads = 2
+
+    config.model = ml_collections.ConfigDict()
+    config.model.encoder = "resnet50"
+    config.model.width_multiplier = 1
+    config.model.small_image = False
+    # Preset of norms for encoder/projector/predictor: bn | gn_ws | none.
+    config.model.norm = "bn"
+    # Per-component overrides of the preset ('' keeps the preset's choice):
+    # bn | gn | ln | none | affine.
+    config.model.encoder_norm = ""
+    config.model.projector_norm = ""
+    config.model.predictor_norm = ""
+    config.model.num_groups = 16
+    # Weight standardisation: -1 keeps the preset's choice, 0 off, 1 on.
+    config.model.encoder_ws = -1
+    config.model.mlp_ws = 0
+    config.model.ws_eps = 1e-4
+    # Apply the BN-statistics initialisation, then train with affine layers.
+    config.model.bn_init = False
+    config.model.projector_hidden_size = 4096
+    config.model.projection_size = 256
+    config.model.predictor_hidden_size = 4096
+
+    config.training = ml_collections.ConfigDict()
+    config.training.batch_size = 4096
+    config.training.max_steps = 300 * 1281167 // 4096
+    config.training.warmup_steps = 10 * 1281167 // 4096
+    config.training.base_learning_rate = 0.3
+    config.training.weight_decay = 1e-6
+    config.training.base_target_ema = 0.99
+    config.training.log_every_steps = 100
+    config.training.checkpoint_every_steps = 1000
+    config.training.max_checkpoints_to_keep = 3
+
+    config.evaluation = ml_collections.ConfigDict()
+    # Fast linear probe on frozen features during pre-training (0 = only at end).
+    config.evaluation.probe_every_steps = 0
+    config.evaluation.probe_max_train_examples = 60000
+    return config
+
+
+def set_norm_variant(config: ml_collections.ConfigDict, variant: str) -> None:
+    """Sets the model's normalisation fields for one named variant, in place."""
+    if variant not in NORM_VARIANTS:
+        raise ValueError(
+            f"config variant {variant!r} unknown; expected one of: "
+            + ", ".join(NORM_VARIANTS)
+        )
+    config.model.bn_init = variant == "bn_init"
+    config.model.norm = "bn" if variant == "bn_init" else variant

@@ -1,0 +1,39 @@
+"""Installs byol: BYOL and BYOL without batch statistics in JAX/Haiku."""
+
+import setuptools
+
+setuptools.setup(
+    name="byol",
+    version="0.1.0",
+    description=(
+        "BYOL (Grill et al., 2020) and BYOL without batch statistics "
+        "(Richemond et al., 2020) in JAX and Haiku."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["byol", "byol.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "absl-py>=2.1",
+        "chex>=0.1.90",
+        "dm-haiku>=0.0.14",
+        "dm-pix>=0.4.4",
+        "jax>=0.6",
+        "ml-collections>=1.0",
+        "numpy>=1.26",
+        "optax>=0.2.5",
+    ],
+    extras_require={
+        # The training system: tf.data input pipeline, checkpoints, logs, plots.
+        "train": [
+            "matplotlib>=3.8",
+            "orbax-checkpoint>=0.11",
+            "tensorboardx>=2.6",
+            "tensorflow-cpu>=2.18",
+            "tensorflow-datasets>=4.9.7",
+            # tfds imports it but does not declare it on Python >= 3.9.
+            "importlib_resources>=6",
+        ],
+        "dev": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.8"],
+    },
+)

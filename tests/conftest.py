@@ -1,0 +1,8 @@
+"""Test configuration: fake CPU devices must be requested before JAX starts."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
