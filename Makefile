@@ -27,6 +27,14 @@ format: install
 test: lint
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
+# The main job: pre-train GN+WS BYOL on Fashion-MNIST and compare linear probes.
+demo: install fashion_mnist
+	$(PY) -m experiments.demo --workdir=workdirs/demo
+
+# Train-step and input-pipeline throughput of the demo config on this machine.
+benchmark: install fashion_mnist
+	$(PY) -m experiments.benchmark --config=configs/fashion_mnist.py:gn_ws
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 

@@ -28,7 +28,7 @@ setuptools.setup(
         "train": [
             "matplotlib>=3.8",
             "orbax-checkpoint>=0.11",
-            "tensorboardx>=2.6",
+            "tensorboardX>=2.6",
             "tensorflow-cpu>=2.18",
             "tensorflow-datasets>=4.9.7",
             # tfds imports it but does not declare it on Python >= 3.9.

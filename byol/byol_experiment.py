@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import haiku as hk
@@ -112,6 +113,13 @@ def make_forward(
     return hk.transform_with_state(forward)
 
 
+def _predictor_mask(params: hk.Params):
+    return {
+        module: {name: module.startswith("predictor") for name in leaves}
+        for module, leaves in params.items()
+    }
+
+
 def collapse_indicator(projection: jax.Array) -> jax.Array:
     """Mean over dimensions of the batch std of l2-normalised outputs, times √d.
 
@@ -147,12 +155,19 @@ class ByolExperiment:
         >>> state, scalars = exp.update(state, step, batch)         # doctest: +SKIP
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        num_classes: int,
+        devices: Sequence[jax.Device] | None = None,
+    ):
         """Builds the network, optimiser and schedules from a config.
 
         Args:
             config: a full config (see configs/common.py).
             num_classes: classes of the online linear classifier.
+            devices: the devices `init` and `update` run on (default: every
+                local device); the leading axis of their inputs is this long.
         """
         self.config = config
         model, training = config.model, config.training
@@ -182,10 +197,26 @@ class ByolExperiment:
         self.optimizer = optimizers.lars(
             self.lr_schedule, weight_decay=training.weight_decay
         )
+        if training.predictor_lr_multiplier != 1.0:
+            # A faster predictor keeps it near its optimum for the current
+            # projector, which Tian et al. (2021) found prevents collapse in
+            # BYOL without batch statistics.
+            self.optimizer = optax.chain(
+                self.optimizer,
+                optax.masked(
+                    optax.scale(training.predictor_lr_multiplier), _predictor_mask
+                ),
+            )
         self._base_key = jax.random.key(config.seed)
-        self.init = jax.pmap(self._init, axis_name=AXIS, in_axes=(None, 0))
+        self.init = jax.pmap(
+            self._init, axis_name=AXIS, in_axes=(None, 0), devices=devices
+        )
         self.update = jax.pmap(
-            self._update, axis_name=AXIS, in_axes=(0, None, 0), donate_argnums=(0,)
+            self._update,
+            axis_name=AXIS,
+            in_axes=(0, None, 0),
+            donate_argnums=(0,),
+            devices=devices,
         )
 
     # ------------------------------------------------------------------ views
@@ -268,7 +299,11 @@ class ByolExperiment:
             classifier_loss=classifier_loss,
             top1=_top_k_accuracy(out1["logits"], labels, 1),
             top5=_top_k_accuracy(out1["logits"], labels, 5),
-            collapse=collapse_indicator(out1["projection"]),
+            # Over the global batch: a per-device std would shrink with the
+            # per-device batch, so the value would depend on the device count.
+            collapse=collapse_indicator(
+                jax.lax.all_gather(out1["projection"], AXIS, tiled=True)
+            ),
         )
         return repr_loss + classifier_loss, (online_state, scalars)
 
@@ -304,9 +339,9 @@ class ByolExperiment:
             loss=scalars["repr_loss"] + scalars["classifier_loss"],
             tau=tau,
             learning_rate=self.lr_schedule(step),
-            grad_norm=optax.global_norm(grads),
-            param_norm=optax.global_norm(online_params),
-            update_norm=optax.global_norm(updates),
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(online_params),
+            update_norm=optax.tree.norm(updates),
         )
         scalars = jax.lax.pmean(scalars, axis_name=AXIS)
         new_state = TrainState(

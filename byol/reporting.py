@@ -76,12 +76,9 @@ class MetricsLog:
             self.history = [r for r in rows if r["step"] <= resume_step]
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.history)
-        import tensorflow as tf  # noqa: PLC0415  (only the training system needs TF)
+        from tensorboardX import SummaryWriter  # noqa: PLC0415
 
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(
-            os.path.join(workdir, "tensorboard")
-        )
+        self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         """Appends one row of scalars at `step`."""
@@ -91,9 +88,8 @@ class MetricsLog:
         self.history.append(row)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        with self._writer.as_default(step=int(step)):
-            for key, value in scalars.items():
-                self._tf.summary.scalar(key, float(value))
+        for key, value in scalars.items():
+            self._writer.add_scalar(key, float(value), int(step))
         self._writer.flush()
 
 

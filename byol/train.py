@@ -29,14 +29,21 @@ from byol import (
 def replicate(tree: Any) -> Any:
     """Copies a host pytree onto every local device, ready for the pmapped step."""
     devices = jax.local_devices()
+    # jax.sharding.PmapSharding is gone in JAX 0.10; this is pmap's layout.
+    sharding = data.device_sharding(devices)
 
     def put(x):
         x = np.asarray(x)
         stacked = np.broadcast_to(x, (len(devices),) + x.shape)
-        sharding = jax.sharding.PmapSharding.default(stacked.shape, 0, devices)
         return jax.device_put(stacked, sharding)
 
     return jax.tree.map(put, tree)
+
+
+def _val_size(config) -> int | None:
+    """`data.val_size` (held-out examples); absent, None or < 0: the catalogue's."""
+    value = config.data.get("val_size")
+    return None if value is None or value < 0 else value
 
 
 def _eval_batches(config, split: str, batch_size: int = 1000):
@@ -47,6 +54,9 @@ def _eval_batches(config, split: str, batch_size: int = 1000):
         batch_dims=(batch_size,),
         image_size=config.data.image_size,
         data_dir=config.data.data_dir,
+        val_size=_val_size(config),
+        # The probe is supervised: STL-10's unlabelled images (label -1) stay out.
+        labelled_only=True,
     )
 
 
@@ -85,7 +95,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     config_checks.check_pretrain_config(config)
     training = config.training
-    info = data.dataset_info(config.data.dataset, config.data.data_dir)
+    info = data.dataset_info(
+        config.data.dataset, config.data.data_dir, val_size=_val_size(config)
+    )
     per_device_batch = config_checks.per_device_batch(training.batch_size)
     os.makedirs(workdir, exist_ok=True)
     config_checks.check_workdir(workdir, config)

@@ -4,7 +4,8 @@ import ml_collections
 
 # The normalisation variants a config string can name. `bn_init` trains without
 # BN from the BN-statistics initialisation (the paper's 65.7% protocol).
-NORM_VARIANTS = ("bn", "gn_ws", "none", "bn_init")
+# `gn_ws_bn_heads` keeps BN in the projector and predictor only.
+NORM_VARIANTS = ("bn", "gn_ws", "none", "bn_init", "gn_ws_bn_heads")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.base_learning_rate = 0.3
     config.training.weight_decay = 1e-6
     config.training.base_target_ema = 0.99
+    # Learning-rate factor of the predictor's parameters (1 in the reference).
+    config.training.predictor_lr_multiplier = 1.0
     config.training.log_every_steps = 100
     config.training.checkpoint_every_steps = 1000
     config.training.max_checkpoints_to_keep = 3
@@ -57,6 +60,17 @@ def base_config() -> ml_collections.ConfigDict:
     # Fast linear probe on frozen features during pre-training (0 = only at end).
     config.evaluation.probe_every_steps = 0
     config.evaluation.probe_max_train_examples = 60000
+    # Linear evaluation (mode linear_eval, byol/linear_eval.py) of the newest
+    # checkpoint in this pre-training work directory.
+    config.evaluation.pretrain_workdir = ""
+    # probe: fast L-BFGS probe on frozen features; reference: the paper's
+    # protocol (SGD Nesterov on crop+flip images, lr swept on val, recipe §5).
+    config.evaluation.protocol = "probe"
+    config.evaluation.batch_size = 1024
+    config.evaluation.epochs = 80
+    # Base learning rates (for a batch of 256; scaled by batch_size / 256).
+    config.evaluation.learning_rates = (0.4, 0.3, 0.2, 0.1, 0.05)
+    config.evaluation.log_every_steps = 100
     return config
 
 
@@ -68,4 +82,9 @@ def set_norm_variant(config: ml_collections.ConfigDict, variant: str) -> None:
             + ", ".join(NORM_VARIANTS)
         )
     config.model.bn_init = variant == "bn_init"
-    config.model.norm = "bn" if variant == "bn_init" else variant
+    config.model.norm = {"bn_init": "bn", "gn_ws_bn_heads": "gn_ws"}.get(
+        variant, variant
+    )
+    if variant == "gn_ws_bn_heads":
+        config.model.projector_norm = "bn"
+        config.model.predictor_norm = "bn"

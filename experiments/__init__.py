@@ -1,0 +1,1 @@
+"""Scripts around the byol library: benchmarks, the papers' tables, plots."""
