@@ -29,8 +29,13 @@ from byol import (
 def replicate(tree: Any) -> Any:
     """Copies a host pytree onto every local device, ready for the pmapped step."""
     devices = jax.local_devices()
-    # jax.sharding.PmapSharding is gone in JAX 0.10; this is pmap's layout.
-    sharding = data.device_sharding(devices)
+    # The layout of pmap's own outputs (jax.sharding.PmapSharding is gone in
+    # JAX 0.10). A mesh axis named otherwise would make the first step after a
+    # resume compile the update twice (once for this layout, once for pmap's).
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), (byol_experiment.AXIS,)),
+        jax.sharding.PartitionSpec(byol_experiment.AXIS),
+    )
 
     def put(x):
         x = np.asarray(x)
@@ -105,6 +110,20 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     experiment = byol_experiment.ByolExperiment(config, info.num_classes)
     checkpointer = checkpointing.Checkpointer(workdir, training.max_checkpoints_to_keep)
     start_step = checkpointer.latest_step() or 0
+    if start_step > training.max_steps:
+        checkpointer.close()
+        raise ValueError(
+            f"training.max_steps {training.max_steps} is below step {start_step} "
+            f"of the newest checkpoint in {workdir}; use a new --workdir"
+        )
+    results_path = os.path.join(workdir, "results.json")
+    if start_step == training.max_steps and os.path.exists(results_path):
+        # A finished run restarted: nothing to train, and re-saving the last
+        # step would fail (orbax refuses to overwrite a checkpoint).
+        checkpointer.close()
+        print(f"{workdir} holds a finished run; returning its results.json")
+        with open(results_path) as f:
+            return json.load(f)
     batches = data.load(
         config.data.dataset,
         "train",
@@ -158,7 +177,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             print(f"  probe at step {done}: top-1 {100 * result.top1:.1f}%")
         if done % training.checkpoint_every_steps == 0 and done < training.max_steps:
             checkpointer.save(done, byol_experiment.unreplicate(state), metadata)
-    checkpointer.save(training.max_steps, byol_experiment.unreplicate(state), metadata)
+    if start_step < training.max_steps:
+        checkpointer.save(
+            training.max_steps, byol_experiment.unreplicate(state), metadata
+        )
     checkpointer.close()
     train_seconds = time.perf_counter() - started
 

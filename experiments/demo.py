@@ -25,7 +25,7 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Output directory.")
 _VARIANTS = flags.DEFINE_list(
-    "variants", ["gn_ws"], "Normalisation variants to pre-train (gn_ws, bn, ...)."
+    "variants", ["gn_ws", "bn"], "Normalisation variants to pre-train (gn_ws, bn, ...)."
 )
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Override training steps.")
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from byol import augmentations, byol_experiment, data
+from byol import augmentations, byol_experiment
 from byol.byol_experiment import AXIS, ByolExperiment
 from byol.normalization import NormConfig
 from tests.fixtures import tiny_config
@@ -62,7 +62,7 @@ def _random_params(forward, images, seed):
     def draw(path, leaf):
         noise = rng.normal(size=leaf.shape).astype(np.float32)
         if len(leaf.shape) > 1:  # conv / linear weights: unit-variance outputs
-            return noise / np.sqrt(np.prod(leaf.shape[:-1]))
+            return noise / np.float32(np.sqrt(np.prod(leaf.shape[:-1])))
         if jax.tree_util.keystr(path).endswith("['scale']"):
             return 1.0 + 0.1 * noise
         return 0.1 * noise  # offsets and biases
@@ -99,9 +99,14 @@ def _split(batch, devices):
 
 
 def _put(tree, devices):
-    """Copies a host pytree onto each of `devices` (leading axis = devices)."""
+    """Copies a host pytree onto each of `devices` (leading axis = devices).
 
-    sharding = data.device_sharding(devices)
+    Laid out as pmap lays out its outputs (a mesh axis named AXIS): with any
+    other axis name the next `update` call would compile again.
+    """
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.sharding.PartitionSpec(AXIS)
+    )
 
     def put(x):
         x = np.asarray(x)
