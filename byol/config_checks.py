@@ -13,6 +13,7 @@ import jax
 import ml_collections
 
 from byol import networks, normalization
+from byol.data import catalog  # pure Python: no TensorFlow
 
 MODES = ("pretrain", "linear_eval")
 # Fields that fix the shapes of the checkpointed state: a work directory whose
@@ -60,6 +61,15 @@ def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
             f"mode {config.mode!r} unknown; expected one of: " + ", ".join(MODES)
         )
     model, training = config.model, config.training
+    dataset = config.data.dataset
+    if not (
+        dataset.startswith(catalog.IMAGE_FOLDER_PREFIX)
+        or catalog.base_name(dataset) in catalog.SPECS
+    ):
+        raise ValueError(
+            f"data.dataset {dataset!r} unknown; expected one of: "
+            + ", ".join(catalog.DATASETS)
+        )
     if model.encoder not in networks.ENCODERS:
         raise ValueError(
             f"model.encoder {model.encoder!r} unknown; expected one of: "

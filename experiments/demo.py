@@ -133,7 +133,7 @@ def main(argv) -> None:
     """Entry point."""
     del argv
     logging.set_verbosity(logging.WARNING)
-    from byol.main import set_cpu_flags  # noqa: PLC0415
+    from byol.xla_flags import set_cpu_flags  # noqa: PLC0415
 
     set_cpu_flags(2)
     rows = run(_WORKDIR.value, _VARIANTS.value, _MAX_STEPS.value)
