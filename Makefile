@@ -25,7 +25,7 @@ format: install
 	$(VENV)/bin/ruff check --fix byol configs experiments tests
 
 test: lint
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # The main job: pre-train GN+WS BYOL on Fashion-MNIST and compare linear probes.
 demo: install fashion_mnist

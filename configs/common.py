@@ -18,6 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.dataset = "imagenet2012"
     config.data.data_dir = "data"
     config.data.image_size = 224
+    # Held-out examples of train for model selection; -1: the dataset's default.
+    config.data.val_size = -1
     # Host threads for tf.data; keep low on small CPUs so the step gets the cores.
     config.data.num_threads = 2
 

@@ -29,7 +29,9 @@ def write_fake_fashion_mnist(data_dir, num_train=300, num_test=70, seed=0):
         `{"train": (images, labels), "test": (images, labels)}`, uint8 arrays
         as written ([N, 28, 28] and [N]).
     """
-    idx_dir = os.path.join(data_dir, "downloads", "manual", "fashion_mnist")
+    from byol.data import sources  # noqa: PLC0415  (imports TensorFlow)
+
+    idx_dir = sources.fashion_mnist_manual_dir(str(data_dir))
     os.makedirs(idx_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -63,6 +65,7 @@ def tiny_config(data_dir, norm="gn_ws", **training):
             batch_size=16,
             max_steps=4,
             warmup_steps=1,
+            base_target_ema=0.99,
             log_every_steps=1,
             checkpoint_every_steps=100,
             max_checkpoints_to_keep=2,

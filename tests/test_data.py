@@ -17,33 +17,17 @@ tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from byol.data import preprocess, sources  # noqa: E402  (needs TensorFlow)
+from tests.fixtures import write_fake_fashion_mnist  # noqa: E402
 
 NUM_TRAIN, NUM_TEST, VAL = 300, 70, 50
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _write_idx(path, array):
-    """Writes an unsigned-byte IDX file (magic 0x0000080N, big-endian dims)."""
-    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture(scope="module")
 def fm(tmp_path_factory):
     """A tiny fashion_mnist (random images) prepared from IDX files."""
     data_dir = str(tmp_path_factory.mktemp("fm_data"))
-    idx_dir = sources.fashion_mnist_manual_dir(data_dir)
-    os.makedirs(idx_dir)
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, prefix, n in (("train", "train", NUM_TRAIN), ("test", "t10k", NUM_TEST)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        _write_idx(os.path.join(idx_dir, f"{prefix}-images-idx3-ubyte.gz"), images)
-        _write_idx(os.path.join(idx_dir, f"{prefix}-labels-idx1-ubyte.gz"), labels)
-        arrays[split] = (images, labels)
-    return data_dir, arrays
+    return data_dir, write_fake_fashion_mnist(data_dir, NUM_TRAIN, NUM_TEST)
 
 
 def _load(fm_dir, split, **kwargs):

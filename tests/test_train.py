@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -190,12 +191,13 @@ def test_rerun_of_a_finished_run_keeps_its_results(runs):
     assert _read_jsonl(os.path.join(workdir, "metrics.jsonl")) == rows
 
 
-def test_fewer_steps_than_the_newest_checkpoint_is_an_error(runs):
+def test_fewer_steps_than_the_newest_checkpoint_is_an_error(runs, tmp_path):
     config, (workdir, _), _ = runs
+    workdir = shutil.copytree(workdir, tmp_path / "copy")  # leave the run as it is
     config = config.copy_and_resolve_references()
     config.training.max_steps = STEPS - 1
     with pytest.raises(ValueError, match="training.max_steps 3 is below step 4"):
-        train.pretrain(config, workdir)
+        train.pretrain(config, str(workdir))
 
 
 def test_replicate_lays_out_arrays_as_pmap_does():
