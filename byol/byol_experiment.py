@@ -207,6 +207,11 @@ class ByolExperiment:
                     optax.scale(training.predictor_lr_multiplier), _predictor_mask
                 ),
             )
+        crop_area = (config.data.get("min_crop_area", 0.08), 1.0)
+        self.view_configs = tuple(
+            dataclasses.replace(view, crop_area_range=crop_area)
+            for view in (augmentations.VIEW1, augmentations.VIEW2)
+        )
         self._base_key = jax.random.key(config.seed)
         self.init = jax.pmap(
             self._init, axis_name=AXIS, in_axes=(None, 0), devices=devices
@@ -229,7 +234,12 @@ class ByolExperiment:
         size = self.config.data.image_size
         if "images" in batch:
             view1, view2 = augmentations.augment_views(
-                rng, batch["images"], crop=True, output_size=size
+                rng,
+                batch["images"],
+                crop=True,
+                output_size=size,
+                view1=self.view_configs[0],
+                view2=self.view_configs[1],
             )
         else:
             rng1, rng2 = jax.random.split(rng)
@@ -351,6 +361,17 @@ class ByolExperiment:
             target_state=target_state,
             opt_state=opt_state,
         )
+        # One flag per step for the loop to read (byol.train.NonFiniteGuard):
+        # the same on every device, as it is computed from pmean-ed values.
+        # param_norm catches an update that overflows from finite gradients.
+        finite = jnp.isfinite(scalars["loss"])
+        finite &= jnp.isfinite(scalars["grad_norm"])
+        finite &= jnp.isfinite(scalars["param_norm"])
+        if self.config.training.get("skip_nonfinite_updates", False):
+            new_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), new_state, state
+            )
+        scalars["finite"] = finite
         return new_state, scalars
 
     # --------------------------------------------------------------- features

@@ -7,6 +7,7 @@ is fixed from the message alone.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import jax
@@ -42,6 +43,11 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     return value
 
 
+def _has(config, dotted: str) -> bool:
+    section, _, name = dotted.rpartition(".")
+    return name in (_get(config, section) if section else config)
+
+
 def _positive(config, dotted: str) -> None:
     value = _get(config, dotted)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -50,8 +56,111 @@ def _positive(config, dotted: str) -> None:
 
 def _non_negative(config, dotted: str) -> None:
     value = _get(config, dotted)
-    if not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{dotted} must be a number >= 0, got {value!r}")
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{dotted} must be a finite number >= 0, got {value!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _boolean(config, dotted: str) -> None:
+    value = _get(config, dotted)
+    if not isinstance(value, bool):
+        raise ValueError(f"{dotted} must be True or False, got {value!r}")
+
+
+def _one_of(config, dotted: str, allowed: tuple) -> None:
+    value = _get(config, dotted)
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(
+            f"{dotted} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+        )
+
+
+def _component_kinds(model: ml_collections.ConfigDict) -> dict[str, str]:
+    """The normalisation kind of each network component (preset + overrides)."""
+    preset = networks.NORM_PRESETS[model.norm]
+    return {
+        "encoder": model.encoder_norm or preset.encoder.kind,
+        "projector": model.projector_norm or preset.projector.kind,
+        "predictor": model.predictor_norm or preset.predictor.kind,
+    }
+
+
+def _normalised_widths(model: ml_collections.ConfigDict) -> dict[str, set[int]]:
+    """Channel counts each component normalises (what GroupNorm must divide)."""
+    encoder = networks.ENCODERS[model.encoder]
+    width = model.width_multiplier
+    stages = [c * width for c in encoder.CONFIG["channels_per_group"]]
+    encoder_widths = {encoder.STEM_CHANNELS * width, *stages}
+    if encoder.CONFIG["bottleneck"]:
+        encoder_widths |= {c // 4 for c in stages}
+    return {
+        "encoder": encoder_widths,
+        "projector": {model.projector_hidden_size},
+        "predictor": {model.predictor_hidden_size},
+    }
+
+
+def _check_norms(model: ml_collections.ConfigDict) -> None:
+    """GroupNorm's group count divides every width; bn_init needs BN."""
+    kinds = _component_kinds(model)
+    if model.bn_init and any(kind != "bn" for kind in kinds.values()):
+        raise ValueError(
+            "model.bn_init needs BN in every component (model.norm='bn' and no "
+            "per-component override)"
+        )
+    widths = _normalised_widths(model)
+    grouped = sorted(
+        c for part, kind in kinds.items() if kind == "gn" for c in widths[part]
+    )
+    bad = [c for c in grouped if c % model.num_groups]
+    if bad:
+        raise ValueError(
+            f"model.num_groups {model.num_groups} does not divide the {bad[0]} "
+            f"channels that GroupNorm normalises; use a divisor of "
+            f"{math.gcd(*grouped)}"
+        )
+
+
+def _integer(config, dotted: str, minimum: int, meaning: str = "") -> None:
+    value = _get(config, dotted)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(
+            f"{dotted} must be an integer >= {minimum}{meaning}, got {value!r}"
+        )
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    """The fields with ranges of their own (beyond positive / non-negative)."""
+    model, training = config.model, config.training
+    _integer(config, "seed", 0)
+    _integer(config, "data.num_threads", 0, " (0: one per core but one)")
+    _integer(config, "data.val_size", -1, " (-1: the dataset's default)")
+    area = config.data.get("min_crop_area", 0.08)
+    if not _is_number(area) or not 0 < area <= 1:
+        raise ValueError(f"data.min_crop_area must be in (0, 1], got {area!r}")
+    multiplier = training.get("predictor_lr_multiplier", 1.0)
+    if not _is_number(multiplier) or not 0 < multiplier < math.inf:
+        raise ValueError(
+            "training.predictor_lr_multiplier must be a finite number > 0, got "
+            f"{multiplier!r}"
+        )
+    if not _is_number(model.ws_eps) or not 0 < model.ws_eps < math.inf:
+        raise ValueError(
+            f"model.ws_eps must be a finite number > 0, got {model.ws_eps!r}"
+        )
+    _one_of(config, "model.encoder_ws", (-1, 0, 1))
+    _one_of(config, "model.mlp_ws", (0, 1))
+    for field in (
+        "model.small_image",
+        "model.bn_init",
+        "data.skip_corrupt_images",
+        "training.skip_nonfinite_updates",
+    ):
+        if _has(config, field):
+            _boolean(config, field)
 
 
 def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
@@ -99,6 +208,7 @@ def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
         "training.log_every_steps",
         "training.checkpoint_every_steps",
         "training.max_checkpoints_to_keep",
+        "evaluation.probe_max_train_examples",
     ):
         _positive(config, field)
     for field in (
@@ -108,6 +218,8 @@ def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
         "evaluation.probe_every_steps",
     ):
         _non_negative(config, field)
+    _check_ranges(config)
+    _check_norms(model)
     if training.warmup_steps > training.max_steps:
         raise ValueError(
             f"training.warmup_steps ({training.warmup_steps}) must not exceed "

@@ -29,6 +29,12 @@ encoder forward pass, which dominates the cost, runs once per step instead of
 once per learning rate, and each classifier sees exactly the data a separate
 run with the same seed would see.
 
+With `config.evaluation.deepmind_checkpoint` set instead (a ``.pkl`` of
+DeepMind's released BYOL code, e.g. ``pretrain_res50x1.pkl``), the encoder is
+that checkpoint's online network, read safely and checked against this
+project's BN network by `byol.deepmind_checkpoint`; the dataset is
+`data.dataset` (default ``imagenet2012`` at 224 px).
+
 Results (fractions, not %) go to `<workdir>/linear_eval_results.json`.
 """
 
@@ -52,6 +58,7 @@ from byol import (
     byol_experiment,
     checkpointing,
     data,
+    deepmind_checkpoint,
     eval_experiment,
     reporting,
     schedules,
@@ -68,7 +75,7 @@ LINEAR_EVAL_AUGMENTATION = augmentations.AugmentationConfig(
 NESTEROV_MOMENTUM = 0.9
 # Pre-training fields that do not describe the model or its data: the
 # evaluation config's values are kept for these.
-_MACHINE_DATA_FIELDS = ("data_dir", "num_threads")
+_MACHINE_DATA_FIELDS = ("data_dir", "num_threads", "skip_corrupt_images")
 
 
 class PretrainedEncoder(NamedTuple):
@@ -128,17 +135,24 @@ def check_linear_eval_config(config: ml_collections.ConfigDict) -> None:
         config: a full config with `mode == "linear_eval"`.
 
     Raises:
-        ValueError: an empty `pretrain_workdir`, unknown `protocol`, or a
-            batch size, epoch count or learning rate out of range.
+        ValueError: an empty `pretrain_workdir` (and no `deepmind_checkpoint`),
+            both set, unknown `protocol`, or a batch size, epoch count or
+            learning rate out of range.
 
     Example:
         >>> check_linear_eval_config(config)  # doctest: +SKIP
     """
     evaluation = config.evaluation
-    if not evaluation.pretrain_workdir:
+    if evaluation.get("deepmind_checkpoint") and evaluation.pretrain_workdir:
+        raise ValueError(
+            "evaluation.pretrain_workdir and evaluation.deepmind_checkpoint are "
+            "both set; set one"
+        )
+    if not evaluation.pretrain_workdir and not evaluation.get("deepmind_checkpoint"):
         raise ValueError(
             "evaluation.pretrain_workdir is empty; set it to the --workdir of a "
-            "pre-training run (--config.evaluation.pretrain_workdir=DIR)"
+            "pre-training run (--config.evaluation.pretrain_workdir=DIR), or set "
+            "evaluation.deepmind_checkpoint to a DeepMind BYOL .pkl"
         )
     if evaluation.protocol not in PROTOCOLS:
         raise ValueError(
@@ -182,8 +196,9 @@ def pretrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     The model, training and data fields come from
     `<evaluation.pretrain_workdir>/config.json` (fields it lacks keep the
     evaluation config's defaults). The evaluation config keeps `mode`,
-    `evaluation` and its own `data.data_dir` and `data.num_threads` (when not
-    empty or 0) and `data.val_size` (when set).
+    `evaluation` and its own `data.data_dir`, `data.num_threads` and
+    `data.skip_corrupt_images` (when not empty, 0 or False) and
+    `data.val_size` (when set).
 
     Args:
         config: the linear-evaluation config.
@@ -235,19 +250,6 @@ def pretrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return ml_collections.ConfigDict(merged)
 
 
-def _abstract_train_state(experiment, info, image_size: int):
-    """Shapes and dtypes of one replica's `TrainState`, without computing it."""
-    devices = jax.local_device_count()
-    shape = info.image_shape or (image_size, image_size, 3)
-    images = jax.ShapeDtypeStruct((devices, 2, *shape), jnp.uint8)
-    labels = jax.ShapeDtypeStruct((devices, 2), jnp.int32)
-    names = ("images",) if info.fixed_size else ("view1", "view2")
-    batch = {name: images for name in names}
-    batch["labels"] = labels
-    replicated = jax.eval_shape(experiment.init, jax.random.key(0), batch)
-    return jax.tree.map(lambda x: np.zeros(x.shape[1:], x.dtype), replicated)
-
-
 def _check_same_shapes(restored, like) -> None:
     """Raises ValueError naming the first array whose shape or dtype differs."""
     got = jax.tree_util.tree_leaves_with_path(restored)
@@ -263,8 +265,26 @@ def _check_same_shapes(restored, like) -> None:
             )
 
 
-def restore_encoder(config: ml_collections.ConfigDict) -> PretrainedEncoder:
-    """Restores the online network of the newest pre-training checkpoint.
+class RestoredRun(NamedTuple):
+    """The newest checkpoint of a pre-training run and what rebuilt its model.
+
+    Attributes:
+        experiment: the `ByolExperiment` rebuilt from the run's config.json.
+        state: the whole `TrainState` (online, target, optimiser), host arrays.
+        step: the step of the restored checkpoint.
+        config: the run's config, data paths resolved for this machine.
+        info: split sizes, classes and image shape of the run's dataset.
+    """
+
+    experiment: byol_experiment.ByolExperiment
+    state: byol_experiment.TrainState
+    step: int
+    config: ml_collections.ConfigDict
+    info: Any  # byol.data.DatasetInfo
+
+
+def restore_run(config: ml_collections.ConfigDict) -> RestoredRun:
+    """Restores the newest checkpoint of `evaluation.pretrain_workdir`.
 
     Nothing is written to the pre-training directory.
 
@@ -272,7 +292,7 @@ def restore_encoder(config: ml_collections.ConfigDict) -> PretrainedEncoder:
         config: the linear-evaluation config (`evaluation.pretrain_workdir`).
 
     Returns:
-        The frozen encoder, its parameters on the default device.
+        The `RestoredRun`.
 
     Raises:
         ValueError: an empty `evaluation.pretrain_workdir`, or a checkpoint
@@ -280,8 +300,8 @@ def restore_encoder(config: ml_collections.ConfigDict) -> PretrainedEncoder:
         FileNotFoundError: no config.json or no checkpoint in the directory.
 
     Example:
-        >>> encoder = restore_encoder(config)  # doctest: +SKIP
-        >>> features = encoder.embed(images)  # doctest: +SKIP
+        >>> run = restore_run(config)  # doctest: +SKIP
+        >>> run.state.target_params  # doctest: +SKIP
     """
     run_config = pretrain_config(config)
     workdir = config.evaluation.pretrain_workdir
@@ -292,12 +312,12 @@ def restore_encoder(config: ml_collections.ConfigDict) -> PretrainedEncoder:
             f"evaluation.pretrain_workdir {workdir!r} has no checkpoints/ "
             "directory; pre-train there first"
         )
+    # Read-only: the run may still be writing there (no clean-up, no moves).
     checkpointer = checkpointing.Checkpointer(
-        workdir, run_config.training.max_checkpoints_to_keep
+        workdir, run_config.training.max_checkpoints_to_keep, read_only=True
     )
     try:
-        step = checkpointer.latest_step()
-        if step is None:
+        if checkpointer.latest_step() is None:
             raise FileNotFoundError(
                 f"evaluation.pretrain_workdir {workdir!r} has no complete "
                 f"checkpoint in {checkpointer.directory}"
@@ -306,32 +326,106 @@ def restore_encoder(config: ml_collections.ConfigDict) -> PretrainedEncoder:
             run_config.data.dataset,
             run_config.data.data_dir,
             val_size=_val_size(run_config.data),
+            skip_bad_images=bool(run_config.data.get("skip_corrupt_images", False)),
         )
         experiment = byol_experiment.ByolExperiment(run_config, info.num_classes)
-        like = _abstract_train_state(experiment, info, run_config.data.image_size)
+        like = train.abstract_train_state(experiment, info, run_config.data.image_size)
         try:
-            restored, _ = checkpointer.restore(step, like)
+            # A corrupt newest checkpoint is passed over with a warning.
+            latest = checkpointer.restore_latest(like)
+            if latest is None:
+                raise FileNotFoundError(
+                    f"evaluation.pretrain_workdir {workdir!r} has no readable "
+                    f"checkpoint in {checkpointer.directory}"
+                )
             # Orbax raises on other parameter names but restores other shapes
             # as saved: compare them too.
-            _check_same_shapes(restored, like)
+            _check_same_shapes(latest.state, like)
         except (ValueError, KeyError, TypeError) as error:
             lines = str(error).strip().splitlines() or [type(error).__name__]
             # Orbax lists every key of the checkpoint on its first line.
             reason = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + "..."
             raise ValueError(
-                f"checkpoint {step} in {checkpointer.directory} does not fit the "
-                f"model of {os.path.join(workdir, 'config.json')} (another "
+                f"the newest checkpoint in {checkpointer.directory} does not fit "
+                f"the model of {os.path.join(workdir, 'config.json')} (another "
                 f"architecture?): {reason}"
             ) from error
     finally:
         checkpointer.close()
+    return RestoredRun(experiment, latest.state, int(latest.step), run_config, info)
+
+
+def _restore_deepmind_encoder(config: ml_collections.ConfigDict) -> PretrainedEncoder:
+    """The online network of `evaluation.deepmind_checkpoint` (a DeepMind .pkl)."""
+    path = config.evaluation.deepmind_checkpoint
+    checkpoint = deepmind_checkpoint.load_deepmind_checkpoint(path)
+    run = config.to_dict()
+    run["model"] = deepmind_checkpoint.model_config(
+        checkpoint["online_params"], config.model, path
+    ).to_dict()
+    # The released checkpoints were trained on ImageNet at 224 px.
+    run["data"]["dataset"] = run["data"]["dataset"] or "imagenet2012"
+    run["data"]["image_size"] = run["data"]["image_size"] or 224
+    run["data"]["data_dir"] = run["data"]["data_dir"] or data.DEFAULT_DATA_DIR
+    run_config = ml_collections.ConfigDict(run)
+    info = data.dataset_info(
+        run_config.data.dataset,
+        run_config.data.data_dir,
+        val_size=_val_size(run_config.data),
+    )
+    channels = deepmind_checkpoint.input_channels(checkpoint["online_params"], path)
+    if info.image_shape and info.image_shape[-1] != channels:
+        raise ValueError(
+            f"{path} takes {channels}-channel images; {run_config.data.dataset} "
+            f"has {info.image_shape[-1]}"
+        )
+    weights = deepmind_checkpoint.to_network(
+        checkpoint, info.num_classes, base_model=run_config.model, source=path
+    )
     return PretrainedEncoder(
-        experiment=experiment,
-        params=jax.device_put(restored.online_params),
-        state=jax.device_put(restored.online_state),
-        step=int(step),
+        experiment=byol_experiment.ByolExperiment(run_config, info.num_classes),
+        params=jax.device_put(weights.online_params),
+        state=jax.device_put(weights.online_state),
+        step=weights.step,
         config=run_config,
         info=info,
+    )
+
+
+def restore_encoder(config: ml_collections.ConfigDict) -> PretrainedEncoder:
+    """Restores the online network of the newest pre-training checkpoint.
+
+    Nothing is written to the pre-training directory. With
+    `evaluation.deepmind_checkpoint` set, the network is that DeepMind BYOL
+    checkpoint's instead (`byol.deepmind_checkpoint`).
+
+    Args:
+        config: the linear-evaluation config (`evaluation.pretrain_workdir`
+            or `evaluation.deepmind_checkpoint`).
+
+    Returns:
+        The frozen encoder, its parameters on the default device.
+
+    Raises:
+        ValueError: an empty `evaluation.pretrain_workdir`, or a checkpoint
+            whose parameters do not fit the model of the run's config.json
+            (or, for a DeepMind checkpoint, this project's BN network).
+        FileNotFoundError: no config.json or no checkpoint in the directory.
+
+    Example:
+        >>> encoder = restore_encoder(config)  # doctest: +SKIP
+        >>> features = encoder.embed(images)  # doctest: +SKIP
+    """
+    if config.evaluation.get("deepmind_checkpoint"):
+        return _restore_deepmind_encoder(config)
+    run = restore_run(config)
+    return PretrainedEncoder(
+        experiment=run.experiment,
+        params=jax.device_put(run.state.online_params),
+        state=jax.device_put(run.state.online_state),
+        step=run.step,
+        config=run.config,
+        info=run.info,
     )
 
 
@@ -527,6 +621,7 @@ def _eval_features(encoder: PretrainedEncoder, split: str, batch_size: int):
         data_dir=run.data_dir,
         num_threads=run.num_threads,
         val_size=_val_size(run),
+        skip_bad_images=bool(run.get("skip_corrupt_images", False)),
     )
     return eval_experiment.extract_features(encoder.embed, batches)
 
@@ -575,6 +670,7 @@ def reference_protocol(
         labelled_only=True,
         num_threads=run.num_threads,
         val_size=_val_size(run),
+        skip_bad_images=bool(run.get("skip_corrupt_images", False)),
     )
     batches = data.prefetch_to_device(batches, size=2)
     print(
@@ -596,6 +692,7 @@ def reference_protocol(
                 done,
                 {"loss": float(np.mean(losses)), "top1": float(scalars["top1"].mean())},
             )
+    batches.close()  # tf.data threads left to interpreter exit can hang it
     train_seconds = time.perf_counter() - started
     classifier = byol_experiment.unreplicate(state.classifier)
 
@@ -661,8 +758,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     Args:
         config: a linear-evaluation config (configs/eval.py):
-            `evaluation.pretrain_workdir` names the run, `evaluation.protocol`
-            picks ``probe`` or ``reference``.
+            `evaluation.pretrain_workdir` names the run (or
+            `evaluation.deepmind_checkpoint` a DeepMind BYOL .pkl),
+            `evaluation.protocol` picks ``probe`` or ``reference``.
         workdir: where `linear_eval_results.json` goes (may be the
             pre-training directory: nothing there is overwritten).
 
@@ -686,8 +784,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     started = time.perf_counter()
     encoder = restore_encoder(config)
     protocol = config.evaluation.protocol
+    source_field = (
+        "deepmind_checkpoint"
+        if config.evaluation.get("deepmind_checkpoint")
+        else "pretrain_workdir"
+    )
+    source = config.evaluation[source_field]
     print(
-        f"Restored step {encoder.step} of {config.evaluation.pretrain_workdir} "
+        f"Restored step {encoder.step} of {source} "
         f"({encoder.config.model.encoder}, norm {encoder.config.model.norm}, "
         f"{encoder.config.data.dataset}); protocol {protocol}"
     )
@@ -698,7 +802,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = {
         "mode": "linear_eval",
         "protocol": protocol,
-        "pretrain_workdir": os.path.abspath(config.evaluation.pretrain_workdir),
+        source_field: os.path.abspath(source),
         "checkpoint_step": encoder.step,
         "dataset": encoder.config.data.dataset,
         **metrics,

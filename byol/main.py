@@ -5,13 +5,16 @@ r"""Command line: pre-train BYOL or linearly evaluate a pre-trained encoder.
 
 The config's `mode` picks the job (`pretrain` or `linear_eval`); every config
 field can be overridden with `--config.<field>=<value>`. Bad input ends with a
-one-line error naming the field; `--traceback` shows the full stack instead.
+one-line error naming the field (exit status 2); a fault during the run (a
+non-finite loss, a failed checkpoint write) ends with a one-line error naming
+the step or checkpoint (exit status 1). `--traceback` shows the full stack.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -37,6 +40,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str) -> dict:
     """Runs the job `config.mode` names and returns its results."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir {workdir} is a file; expected a directory")
     if config.mode == "pretrain":
         from byol import train  # noqa: PLC0415  (imports TensorFlow)
 
@@ -95,13 +100,22 @@ def main(argv) -> None:
     # Orbax and tfds log every file they touch at INFO; the progress line is ours.
     logging.set_verbosity(logging.WARNING)
     set_cpu_flags(_CPU_DEVICES.value)
+    from byol import checkpointing  # noqa: PLC0415  (after the XLA flags)
+
     try:
         run(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # bad input
         if _TRACEBACK.value:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except (FloatingPointError, checkpointing.CheckpointWriteError) as error:
+        # A fault during the run; its message names the step or checkpoint
+        # and what was kept.
+        if _TRACEBACK.value:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

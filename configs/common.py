@@ -22,6 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.val_size = -1
     # Host threads for tf.data; keep low on small CPUs so the step gets the cores.
     config.data.num_threads = 2
+    # Smallest random-resized-crop area, as a fraction of the image (recipe: 0.08).
+    config.data.min_crop_area = 0.08
+    # Image folders: skip files that are not readable images (with a warning
+    # naming each) instead of stopping with an error naming the first.
+    config.data.skip_corrupt_images = False
 
     config.model = ml_collections.ConfigDict()
     config.model.encoder = "resnet50"
@@ -57,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.log_every_steps = 100
     config.training.checkpoint_every_steps = 1000
     config.training.max_checkpoints_to_keep = 3
+    # A step with a non-finite loss, gradient or parameter norm stops the run
+    # (False) or is skipped on the device, leaving the state unchanged (True);
+    # skipped updates are counted (`skipped_updates`).
+    config.training.skip_nonfinite_updates = False
 
     config.evaluation = ml_collections.ConfigDict()
     # Fast linear probe on frozen features during pre-training (0 = only at end).

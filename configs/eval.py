@@ -22,6 +22,15 @@ Protocols (the config string after the colon):
                         on train_minus_val and scored on val; the best one is
                         reported on test
 
+DeepMind's released checkpoints (deepmind-research/byol, e.g.
+`pretrain_res50x1.pkl`) are evaluated the same way, the pickle read safely
+(byol/deepmind_checkpoint.py) and ImageNet at 224 px used unless `data.*`
+says otherwise:
+
+    python -m byol.main --config=configs/eval.py:protocol=reference \
+        --config.evaluation.deepmind_checkpoint=pretrain_res50x1.pkl \
+        --workdir=workdirs/deepmind_res50x1_eval
+
 Small datasets: shorten with e.g. `--config.evaluation.epochs=20
 --config.evaluation.batch_size=256`.
 
@@ -57,4 +66,6 @@ def get_config(arg: str = "protocol=probe") -> ml_collections.ConfigDict:
     config.data.data_dir = ""
     config.data.num_threads = 0
     config.evaluation.protocol = protocol
+    # A DeepMind BYOL .pkl to evaluate instead of a pre-training work directory.
+    config.evaluation.deepmind_checkpoint = ""
     return config

@@ -192,8 +192,10 @@ def test_update_scalars_are_sane(device_runs):
         "grad_norm",
         "param_norm",
         "update_norm",
+        "finite",  # loss, grad_norm and param_norm are finite: read every step
     }
     assert set(first) == expected
+    assert first["finite"] == 1.0
     assert 0.0 <= first["repr_loss"] <= 8.0  # two directions of 2 - 2cos
     np.testing.assert_allclose(
         first["loss"], first["repr_loss"] + first["classifier_loss"], rtol=1e-6

@@ -1,10 +1,16 @@
 """Tests of byol.checkpointing: round trip, keep-last-N, latest step."""
 
+import errno
+import logging
 import os
+import resource
+import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from byol import checkpointing
@@ -82,3 +88,176 @@ def test_keeps_only_the_newest_checkpoints(tmp_path):
 def test_max_to_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="max_to_keep must be >= 1, got 0"):
         checkpointing.Checkpointer(str(tmp_path), max_to_keep=0)
+
+
+# ------------------------------------------------------------------ faults
+def _two_checkpoints(workdir):
+    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=3)
+    for step in (1, 2):
+        ckpt.save(step, _state(step), {"step": step})
+    ckpt.close()
+    return os.path.join(workdir, "checkpoints")
+
+
+def _data_files(step_dir):
+    """The tensorstore files holding the arrays of a checkpoint."""
+    directory = os.path.join(step_dir, "state", "d")
+    return [os.path.join(directory, name) for name in os.listdir(directory)]
+
+
+def _truncate(step_dir):
+    for path in _data_files(step_dir):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+
+
+def _garble(step_dir):
+    rng = np.random.default_rng(0)
+    for path in _data_files(step_dir):
+        with open(path, "wb") as f:
+            f.write(rng.bytes(os.path.getsize(path)))
+
+
+def _remove(relative):
+    return lambda step_dir: os.remove(os.path.join(step_dir, relative))
+
+
+def _empty(step_dir):
+    for entry in os.listdir(step_dir):
+        path = os.path.join(step_dir, entry)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+CORRUPTIONS = {
+    "truncated data": _truncate,
+    "garbage data": _garble,
+    "missing array metadata": _remove(os.path.join("state", "_METADATA")),
+    "missing ocdbt manifest": _remove(os.path.join("state", "manifest.ocdbt")),
+    "missing json metadata": _remove(os.path.join("metadata", "metadata")),
+    "empty directory": _empty,
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
+    tmp_path, caplog, corruption
+):
+    directory = _two_checkpoints(str(tmp_path))
+    newest = os.path.join(directory, "2")
+    CORRUPTIONS[corruption](newest)
+    ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=3)
+    assert ckpt.latest_step() == 2  # orbax lists it: only reading tells
+    with caplog.at_level(logging.WARNING):
+        restored = ckpt.restore_latest(_state(0))
+    assert restored.step == 1 and restored.metadata == {"step": 1}
+    _assert_equal(restored.state, _state(1))
+    (warning,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("checkpoint ")
+    ]
+    assert "\n" not in warning
+    assert f"checkpoint 2 ({newest}) is corrupt: " in warning
+    assert f"restored checkpoint 1 ({os.path.join(directory, '1')}) instead" in warning
+    # Moved aside, not deleted; orbax no longer lists it.
+    assert f"moved it to {newest}.corrupt" in warning
+    assert sorted(os.listdir(directory)) == ["1", "2.corrupt"]
+    assert ckpt.latest_step() == 1
+    ckpt.close()
+    assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == 1
+
+
+def test_every_checkpoint_corrupt_means_no_resume(tmp_path, caplog):
+    directory = _two_checkpoints(str(tmp_path))
+    for step in ("1", "2"):
+        _truncate(os.path.join(directory, step))
+    ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=3)
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.restore_latest(_state(0)) is None
+    assert "no readable checkpoint is left" in caplog.text
+    assert sorted(os.listdir(directory)) == ["1.corrupt", "2.corrupt"]
+    # A new run writes step 2 again; a second corrupt 2 keeps the first one.
+    ckpt.save(2, _state(2), {"step": 2})
+    _truncate(os.path.join(directory, "2"))
+    assert ckpt.restore_latest(_state(0)) is None
+    assert sorted(os.listdir(directory)) == ["1.corrupt", "2.corrupt", "2.corrupt-2"]
+    ckpt.close()
+
+
+def test_read_only_fallback_moves_nothing(tmp_path, caplog):
+    directory = _two_checkpoints(str(tmp_path))
+    _truncate(os.path.join(directory, "2"))
+    ckpt = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.restore_latest(_state(0)).step == 1
+    assert "checkpoint 2 (" in caplog.text and "restored checkpoint 1" in caplog.text
+    assert "moved" not in caplog.text
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+    ckpt.close()
+
+
+def test_checkpoint_of_another_structure_is_not_taken_for_corrupt(tmp_path):
+    directory = _two_checkpoints(str(tmp_path))
+    other = _state(0)
+    other.online_params["extra"] = {"w": np.zeros(3, np.float32)}
+    ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=3)
+    with pytest.raises(ValueError, match="extra"):
+        ckpt.restore_latest(other)
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+    ckpt.close()
+
+
+@pytest.mark.parametrize("failure", ["no space", "read-only"])
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
+    ckpt.save(1, _state(1), {"step": 1})
+    error = (
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if failure == "no space"
+        else PermissionError(errno.EROFS, os.strerror(errno.EROFS))
+    )
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", fail)
+    with pytest.raises(checkpointing.CheckpointWriteError) as caught:
+        ckpt.save(2, _state(2), {"step": 2})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message == (
+        f"cannot write checkpoint 2 to {ckpt.directory}: {error}; "
+        "checkpoint 1 is intact"
+    )
+    monkeypatch.undo()
+    ckpt.close()
+    reopened = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
+    restored = reopened.restore_latest(_state(0))
+    assert restored.step == 1
+    _assert_equal(restored.state, _state(1))
+    reopened.close()
+
+
+def test_real_write_failure_is_one_line_and_keeps_the_previous(tmp_path):
+    """Files capped at 100 bytes (RLIMIT_FSIZE): writes fail as on a full disk."""
+    ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
+    ckpt.save(1, _state(1), {"step": 1})
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, limit[1]))
+    try:
+        with pytest.raises(checkpointing.CheckpointWriteError) as caught:
+            ckpt.save(2, _state(2), {"step": 2})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert str(caught.value) == (
+        f"cannot write checkpoint 2 to {ckpt.directory}: [Errno {errno.EFBIG}] "
+        f"{os.strerror(errno.EFBIG)}; checkpoint 1 is intact"
+    )
+    ckpt.close()
+    reopened = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
+    restored = reopened.restore_latest(_state(0))
+    assert restored.step == 1
+    _assert_equal(restored.state, _state(1))
+    reopened.close()

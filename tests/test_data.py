@@ -405,15 +405,131 @@ def test_non_image_file_named_in_error(folder, tmp_path):
     assert batch["view1"].shape == (1, 2, 16, 16, 3)
 
 
-def test_truncated_image_named_in_error(tmp_path):
-    root = str(tmp_path)
+def _jpeg_folder(root, n=3):
+    """`n` valid 40x40 JPEGs `0.jpg`, ...; returns their encoded bytes."""
     image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     encoded = tf.io.encode_jpeg(tf.constant(image)).numpy()
-    for i in range(3):
+    for i in range(n):
         with open(os.path.join(root, f"{i}.jpg"), "wb") as f:
-            f.write(encoded if i != 1 else encoded[: len(encoded) // 3])
-    with pytest.raises(ValueError, match=r"cannot decode image .*1\.jpg"):
-        list(_folder_load(root, "train", is_training=False, batch_dims=(1, 3)))
+            f.write(encoded)
+    return encoded
+
+
+def test_truncated_image_named_before_any_batch(tmp_path, caplog):
+    root = str(tmp_path)
+    encoded = _jpeg_folder(root)
+    with open(os.path.join(root, "1.jpg"), "wb") as f:
+        f.write(encoded[: len(encoded) // 3])  # an interrupted copy
+    # Found when the folder is opened (the decoder confirms it), not mid-epoch.
+    with pytest.raises(ValueError) as caught:
+        data.dataset_info(f"image_folder:{root}")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{os.path.join(root, '1.jpg')} is truncated or corrupt ("
+    )
+    assert message.endswith("set data.skip_corrupt_images=True to leave such files out")
+    with caplog.at_level("WARNING"):
+        info = data.dataset_info(f"image_folder:{root}", skip_bad_images=True)
+        batches = list(
+            _folder_load(
+                root,
+                "train",
+                is_training=False,
+                batch_dims=(1, 3),
+                skip_bad_images=True,
+            )
+        )
+    assert info.num_examples["train"] == 2
+    assert sum(int(b["mask"].sum()) for b in batches) == 2
+    assert f"Skipping {os.path.join(root, '1.jpg')} is truncated" in caplog.text
+
+
+def test_jpeg_with_trailing_bytes_is_not_truncated(tmp_path):
+    root = str(tmp_path)
+    encoded = _jpeg_folder(root)
+    with open(os.path.join(root, "1.jpg"), "ab") as f:
+        f.write(b"appended by a camera")  # after the end marker: decodes fine
+    assert data.dataset_info(f"image_folder:{root}").num_examples["train"] == 3
+    del encoded
+
+
+def test_unreadable_file_named_before_any_batch(tmp_path):
+    root = str(tmp_path)
+    _jpeg_folder(root)
+    os.symlink(os.path.join(root, "gone.jpg"), os.path.join(root, "link.jpg"))
+    with pytest.raises(ValueError) as caught:
+        data.dataset_info(f"image_folder:{root}")
+    assert str(caught.value).startswith(
+        f"{os.path.join(root, 'link.jpg')} cannot be read (No such file or directory);"
+    )
+    info = data.dataset_info(f"image_folder:{root}", skip_bad_images=True)
+    assert info.num_examples["train"] == 3
+
+
+@pytest.fixture(scope="module")
+def garbled_folder(tmp_path_factory):
+    """good/ and bad/ classes: bad/x.png ends as a PNG should but fails to decode.
+
+    Its label (class 0, "bad") appears on no other image, so a batch holding
+    that label holds the garbled image.
+    """
+    root = str(tmp_path_factory.mktemp("garbled"))
+    rng = np.random.default_rng(2)
+    for label in ("bad", "good"):
+        os.makedirs(os.path.join(root, label))
+    for i in range(11):
+        image = rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)
+        _write_image(os.path.join(root, "good", f"{i}.png"), image)
+    png = bytearray(tf.io.encode_png(tf.constant(image)).numpy())
+    png[len(png) // 2] ^= 0xFF  # a flipped byte in the pixel data: bad CRC
+    with open(os.path.join(root, "bad", "x.png"), "wb") as f:
+        f.write(png)
+    return root
+
+
+def test_garbled_image_is_named_mid_stream(garbled_folder):
+    path = os.path.join(garbled_folder, "bad", "x.png")
+    stream = _folder_load(garbled_folder, "train", is_training=True, batch_dims=(1, 4))
+    with pytest.raises(ValueError) as caught:
+        _take(stream, 6)  # 24 draws of 12 examples: it comes up
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot decode image {path}: ")
+    assert "set data.skip_corrupt_images=True" in message
+
+
+def test_garbled_image_is_skipped_the_same_way_on_resume(garbled_folder, caplog):
+    kwargs = dict(is_training=True, batch_dims=(1, 4), skip_bad_images=True, seed=3)
+    with caplog.at_level("WARNING"):
+        fresh = _take(_folder_load(garbled_folder, "train", **kwargs), 9)
+    path = os.path.join(garbled_folder, "bad", "x.png")
+    assert f"Skipping cannot decode image {path}: " in caplog.text
+    assert all((b["labels"] == 1).all() for b in fresh)  # never the bad class
+    # A run resumed after the bad image was found (and one resumed before)
+    # sees the same batches as the run that found it.
+    for start in (2, 7):
+        resumed = _take(
+            _folder_load(garbled_folder, "train", start_step=start, **kwargs), 2
+        )
+        for expected, got in zip(fresh[start : start + 2], resumed, strict=True):
+            for key in ("view1", "view2", "labels"):
+                np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_garbled_image_is_masked_out_of_evaluation(garbled_folder):
+    batches = list(
+        _folder_load(
+            garbled_folder,
+            "train",
+            is_training=False,
+            batch_dims=(1, 4),
+            skip_bad_images=True,
+        )
+    )
+    assert sum(int(b["mask"].sum()) for b in batches) == 11
+    labels = np.concatenate([b["labels"][b["mask"]] for b in batches])
+    assert (labels == 1).all()
 
 
 # --- tfds JPEG datasets (ArrayRecord random access) --------------------------

@@ -169,6 +169,27 @@ def test_checkpoint_of_another_architecture_is_refused(pretrained, tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_corrupt_checkpoint_is_reported_and_left_in_place(pretrained, tmp_path, caplog):
+    _, pretrain_dir, _ = pretrained
+    copy = str(tmp_path / "copy")
+    shutil.copytree(pretrain_dir, copy)
+    step_dir = os.path.join(copy, "checkpoints", str(PRETRAIN_STEPS))
+    data_dir = os.path.join(step_dir, "state", "d")
+    for name in os.listdir(data_dir):
+        with open(os.path.join(data_dir, name), "wb") as f:
+            f.write(b"garbage")
+    before = sorted(os.listdir(os.path.join(copy, "checkpoints")))
+    with pytest.raises(FileNotFoundError) as error:
+        linear_eval.restore_encoder(_eval_config(copy, "probe"))
+    assert str(error.value) == (
+        f"evaluation.pretrain_workdir {copy!r} has no readable checkpoint in "
+        f"{os.path.join(copy, 'checkpoints')}"
+    )
+    assert f"checkpoint {PRETRAIN_STEPS} ({step_dir}) is corrupt: " in caplog.text
+    # Another run's directory: reported, not moved.
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == before
+
+
 def test_eval_config_rejects_another_dataset(pretrained):
     _, pretrain_dir, _ = pretrained
     config = _eval_config(pretrain_dir, "probe")

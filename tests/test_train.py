@@ -1,11 +1,14 @@
 """Tests of byol.train: a tiny end-to-end pre-training, outputs, exact resume."""
 
+import errno
 import json
+import logging
 import os
 import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 pytest.importorskip("tensorflow")
@@ -100,7 +103,7 @@ def _final_state(workdir, like, step=STEPS):
 
 def _like(experiments):
     """A host TrainState of the right shapes (zeros), to restore into."""
-    (experiment,) = experiments.values()
+    experiment = next(iter(experiments.values()))  # the runs' (the first made)
     batch = {
         "images": np.zeros((2, 8, 28, 28, 1), np.uint8),
         "labels": np.zeros((2, 8), np.int32),
@@ -148,7 +151,15 @@ def test_resumed_run_equals_uninterrupted_run(runs, experiments):
     like = _like(experiments)
     full_state, full_meta = _final_state(full_dir, like)
     resumed_state, resumed_meta = _final_state(resumed_dir, like)
-    assert full_meta == resumed_meta == {"seed": 0, "dataset": "fashion_mnist"}
+    assert (
+        full_meta
+        == resumed_meta
+        == {
+            "seed": 0,
+            "dataset": "fashion_mnist",
+            "skipped_updates": 0,
+        }
+    )
     assert isinstance(full_state, byol_experiment.TrainState)
     # Bitwise: same batches, same augmentation keys, same optimiser state.
     for (path, a), b in zip(
@@ -210,3 +221,54 @@ def test_replicate_lays_out_arrays_as_pmap_does():
     # Same sharding as pmap's outputs, so a restored state does not make the
     # next pmapped step compile again.
     assert replicated["w"].sharding == step(replicated["w"]).sharding
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous(
+    runs, experiments, tmp_path, caplog
+):
+    config, (full_dir, full), _ = runs
+    workdir = str(shutil.copytree(full_dir, tmp_path / "copy"))
+    os.remove(os.path.join(workdir, "results.json"))  # killed before the end
+    directory = os.path.join(workdir, "checkpoints")
+    newest = os.path.join(directory, str(STEPS))
+    data_dir = os.path.join(newest, "state", "d")
+    for name in os.listdir(data_dir):  # truncated, as by a full disk
+        path = os.path.join(data_dir, name)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    with caplog.at_level(logging.WARNING):
+        resumed = train.pretrain(config, workdir)
+    previous = os.path.join(directory, str(STEPS - 1))
+    assert f"checkpoint {STEPS} ({newest}) is corrupt: " in caplog.text
+    assert f"restored checkpoint {STEPS - 1} ({previous}) instead" in caplog.text
+    # Kept for inspection, out of orbax's sight; the step was trained again.
+    assert os.path.isdir(newest + ".corrupt")
+    like = _like(experiments)
+    expected, _ = _final_state(full_dir, like)
+    got, _ = _final_state(workdir, like)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed["probe"] == full["probe"]
+
+
+def test_failed_checkpoint_write_stops_the_run(runs, tmp_path, monkeypatch):
+    config, _, _ = runs
+    workdir = str(tmp_path / "run")
+    save = ocp.CheckpointManager.save
+
+    def no_space_at_step_3(self, step, *args, **kwargs):
+        if step == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", no_space_at_step_3)
+    with pytest.raises(checkpointing.CheckpointWriteError) as caught:
+        train.pretrain(config, workdir)
+    directory = os.path.join(workdir, "checkpoints")
+    assert str(caught.value) == (
+        f"cannot write checkpoint 3 to {directory}: [Errno {errno.ENOSPC}] "
+        f"{os.strerror(errno.ENOSPC)}; checkpoint 2 is intact"
+    )
+    monkeypatch.undo()
+    assert checkpointing.Checkpointer(workdir).latest_step() == 2
+    assert not os.path.exists(os.path.join(workdir, "results.json"))

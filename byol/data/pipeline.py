@@ -30,11 +30,11 @@ centre-cropped (224/256 of the short side) and resized.
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import logging
 import math
 import os
-import re
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -68,7 +68,10 @@ def _data_dir(data_dir: str | None) -> str:
 
 
 def dataset_info(
-    dataset: str, data_dir: str | None = None, val_size: int | None = None
+    dataset: str,
+    data_dir: str | None = None,
+    val_size: int | None = None,
+    skip_bad_images: bool = False,
 ) -> DatasetInfo:
     """Returns split sizes, classes and image shape of a dataset.
 
@@ -76,6 +79,7 @@ def dataset_info(
       dataset: a name of `DATASETS` or ``image_folder:/path``.
       data_dir: tfds data directory (default ``data``).
       val_size: examples held out as ``val`` (default: see `catalog`).
+      skip_bad_images: image folders: count without the files `load` skips.
 
     Returns:
       The `DatasetInfo`.
@@ -89,7 +93,7 @@ def dataset_info(
       >>> info.num_examples['train_minus_val'], info.image_shape  # doctest: +SKIP
       (50000, (28, 28, 1))
     """
-    backend = sources.open_dataset(dataset, _data_dir(data_dir))
+    backend = sources.open_dataset(dataset, _data_dir(data_dir), skip_bad_images)
     train = sources.SplitSource(backend, "train")
     counts = {}
     for split in catalog.SPLITS:
@@ -162,8 +166,11 @@ def load(
       num_threads: host decoding threads for JPEG datasets (default
         `default_num_threads`); fixed-size datasets use none.
       ram_budget_mb: tf.data autotune RAM budget (JPEG datasets).
-      skip_bad_images: image folders: skip non-image files with a warning
-        instead of raising.
+      skip_bad_images: image folders: leave out files that are not usable
+        images with a warning instead of raising: at load time those that
+        cannot be read, are not images or are truncated; in the stream, one
+        that fails to decode is replaced by another example of its batch
+        (training) or masked out (evaluation), the same at every resume.
       eval_crop_fraction: evaluation centre-crop side / short image side.
       val_size: examples held out of the labelled train split as ``val``
         (default: see `catalog`).
@@ -175,7 +182,7 @@ def load(
 
     Raises:
       ValueError: for bad arguments, or an image file that cannot be decoded
-        (naming it).
+        (naming it; unless `skip_bad_images`).
       DatasetNotFoundError: if the dataset is missing (the message says how to
         get it).
 
@@ -231,7 +238,8 @@ def load(
         batches = _decoded_batches(
             source,
             plan,
-            functools.partial(_steps, start_step, stop),
+            start_step,
+            functools.partial(_steps, stop=stop),
             batch=batch,
             is_training=is_training,
             image_size=image_size,
@@ -241,6 +249,7 @@ def load(
             num_threads=num_threads or default_num_threads(),
             ram_budget_mb=ram_budget_mb,
             eval_crop_fraction=eval_crop_fraction,
+            skip_bad_images=skip_bad_images,
         )
     return (_shape(b, batch_dims) for b in batches)
 
@@ -272,6 +281,7 @@ def _array_batches(source, start, end, plan, steps, is_training):
 def _decoded_batches(
     source,
     plan,
+    start_step,
     make_steps,
     *,
     batch,
@@ -283,6 +293,7 @@ def _decoded_batches(
     num_threads,
     ram_budget_mb,
     eval_crop_fraction,
+    skip_bad_images,
 ):
     """Batches of a JPEG dataset: tf.data decodes and crops on the host."""
     import tensorflow as tf
@@ -290,16 +301,19 @@ def _decoded_batches(
     from byol.data import preprocess
 
     _hide_accelerators_from_tf()
+    undecodable: set[int] = set()  # example indices found not to decode
 
-    def generate():  # Runs on a tf.data thread.
-        for step in make_steps():
+    def generate(first_step, skip):  # Runs on a tf.data thread.
+        for step in make_steps(first_step):
             indices, mask, positions = plan(step)
-            payloads, labels = source.read_encoded(indices)
+            if skip:
+                indices, mask = _replace_undecodable(indices, mask, skip)
             if mask is None:
                 mask = np.ones(len(indices), bool)
                 seeds = sampling.example_seeds(seed, process_index, positions)
             else:
                 seeds = np.zeros((len(indices), 2), np.int64)
+            payloads, labels = source.read_encoded(indices)
             yield {
                 "payload": np.array(payloads, dtype=object),
                 "labels": np.where(mask, labels, -1).astype(np.int32),
@@ -333,48 +347,92 @@ def _decoded_batches(
             out["mask"] = example["mask"]
         return out
 
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    ds = ds.unbatch()
-    ds = ds.map(process, num_parallel_calls=num_threads, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.prefetch(2)
-    options = tf.data.Options()
-    options.deterministic = True
-    options.threading.private_threadpool_size = num_threads
-    options.threading.max_intra_op_parallelism = 1
-    options.autotune.ram_budget = int(ram_budget_mb) * 2**20
-    ds = ds.with_options(options)
+    def stream(first_step):
+        skip = frozenset(undecodable)
+        ds = tf.data.Dataset.from_generator(
+            lambda: generate(first_step, skip), output_signature=signature
+        )
+        ds = ds.unbatch()
+        ds = ds.map(process, num_parallel_calls=num_threads, deterministic=True)
+        ds = ds.batch(batch, drop_remainder=True)
+        ds = ds.prefetch(2)
+        options = tf.data.Options()
+        options.deterministic = True
+        options.threading.private_threadpool_size = num_threads
+        options.threading.max_intra_op_parallelism = 1
+        options.autotune.ram_budget = int(ram_budget_mb) * 2**20
+        return ds.with_options(options).as_numpy_iterator()
 
-    iterator = ds.as_numpy_iterator()
-    for step in make_steps():
-        try:
-            out = next(iterator)
-        except StopIteration:
-            return
-        except tf.errors.OpError as error:
-            culprit = _find_undecodable(source, plan(step)[0])
-            if culprit is None:
-                raise
-            raise culprit from error
+    iterator = stream(start_step)
+    for step in make_steps(start_step):
+        while True:
+            try:
+                out = next(iterator)
+                break
+            except StopIteration:
+                return
+            except tf.errors.OpError as error:
+                # Every culprit of the batch at once, so that the batch comes
+                # out the same whenever the run finds them (resumed or not).
+                culprits = _find_undecodable(source, plan(step)[0])
+                if not culprits or undecodable.issuperset(culprits):
+                    raise
+                if not skip_bad_images:
+                    raise ValueError(
+                        next(iter(culprits.values()))
+                        + "; remove it or set data.skip_corrupt_images=True to "
+                        "leave such files out"
+                    ) from error
+                for index, message in culprits.items():
+                    logging.warning("Skipping %s.", message)
+                    undecodable.add(index)
+            # The stream again from this batch, once the errored one is freed
+            # (its error's frames held it): tf.data iterators left to
+            # interpreter exit can hang it.
+            iterator = None
+            gc.collect()
+            iterator = stream(step)
         yield out
 
 
-def _find_undecodable(source, indices) -> ValueError | None:
-    """Returns an error naming the first image of `indices` that fails to decode."""
+def _replace_undecodable(indices, mask, undecodable):
+    """Stands other examples of the batch in for undecodable ones.
+
+    Training (`mask` None): each undecodable example is replaced by the next
+    decodable one of its batch. Evaluation: it is masked out (and a decodable
+    one decoded in its place, to keep the batch's shape).
+    """
+    bad = np.array([int(i) in undecodable for i in indices])
+    if not bad.any():
+        return indices, mask
+    good = np.nonzero(~bad)[0]
+    if not len(good):
+        raise ValueError(
+            f"every example of a batch fails to decode (indices {list(indices)})"
+        )
+    later = np.searchsorted(good, np.arange(len(indices))) % len(good)
+    indices = np.where(bad, indices[good[later]], indices)
+    if mask is not None:
+        mask = mask & ~bad
+    return indices, mask
+
+
+def _find_undecodable(source, indices) -> dict[int, str]:
+    """The examples of `indices` that fail to decode, each with a message."""
     import tensorflow as tf
 
+    found = {}
     for index in dict.fromkeys(int(i) for i in indices):
         (payload,), _ = source.read_encoded(np.array([index]))
         try:
             encoded = tf.io.read_file(payload) if source.is_path else payload
             tf.io.decode_image(encoded, channels=3, expand_animations=False)
         except tf.errors.OpError as error:
-            message = re.sub(r"\{\{.*?\}\}\s*", "", error.message or "").strip()
-            return ValueError(
+            found[index] = (
                 f"cannot decode image {source.describe(index)}: "
-                + (message.splitlines()[0] if message else type(error).__name__)
+                + sources.op_error_message(error)
             )
-    return None
+    return found
 
 
 @functools.cache

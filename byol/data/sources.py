@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -56,16 +57,21 @@ def prepare_fashion_mnist(data_dir: str, idx_dir: str | None = None):
       >>> prepare_fashion_mnist('data')  # doctest: +SKIP
     """
     idx_dir = idx_dir or fashion_mnist_manual_dir(data_dir)
-    builder = fashion_mnist.FashionMnist(data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    missing = fashion_mnist.missing_files(idx_dir)
-    if missing:
+    builder_class = fashion_mnist.FashionMnist
+    prepared = os.path.join(
+        data_dir, builder_class.name, str(builder_class.VERSION), "dataset_info.json"
+    )
+    # Checked before the builder exists: constructing it over an absent dataset
+    # makes tfds log a warning, and the error must be the only line printed.
+    if not os.path.exists(prepared) and fashion_mnist.missing_files(idx_dir):
         how = catalog.SPECS["fashion_mnist"].how_to_get.format(data_dir=data_dir)
         raise DatasetNotFoundError(
             f"fashion_mnist not found in {os.path.join(data_dir, 'fashion_mnist')} "
             f"(nor its IDX files in {idx_dir}); {how}"
         )
+    builder = builder_class(data_dir=data_dir)
+    if builder.is_prepared():
+        return builder
     logging.info("Building fashion_mnist in %s from %s.", data_dir, idx_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=idx_dir),
@@ -231,19 +237,50 @@ class _FolderBackend:
         return str(self.folder.paths[split][index])
 
 
+def decode_error(path: str) -> str | None:
+    """Why TensorFlow cannot decode the image file `path`, or None if it can.
+
+    Args:
+      path: a JPEG/PNG/GIF/BMP file.
+
+    Returns:
+      The decoder's message in one line, or None.
+
+    Example:
+      >>> decode_error('/path/to/photo.jpg') is None  # doctest: +SKIP
+      True
+    """
+    import tensorflow as tf  # noqa: PLC0415 (already loaded by tfds)
+
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except tf.errors.OpError as error:
+        return op_error_message(error)
+    return None
+
+
+def op_error_message(error) -> str:
+    """A TensorFlow op error's message in one line, without TF's decorations."""
+    message = re.sub(r"\{\{.*?\}\}\s*", "", error.message or "").strip()
+    message = re.sub(r"\s*\[Op:\w+\].*", "", message, flags=re.DOTALL)
+    return message.splitlines()[0] if message else type(error).__name__
+
+
 def open_dataset(dataset: str, data_dir: str, skip_bad_images: bool = False):
     """Opens a dataset for reading (builds fashion_mnist or scans a folder).
 
     Args:
       dataset: a catalogue name or ``image_folder:/path``.
       data_dir: tfds data directory (unused for image folders).
-      skip_bad_images: image folders: skip non-image files with a warning.
+      skip_bad_images: image folders: leave out files that are not usable
+        images (unreadable, not an image, truncated), with a warning.
 
     Returns:
       A backend for `SplitSource`.
 
     Raises:
       DatasetNotFoundError: one line saying how to get the dataset.
+      ValueError: naming a bad file of an image folder (unless skipped).
 
     Example:
       >>> backend = open_dataset('fashion_mnist', 'data')  # doctest: +SKIP
@@ -251,7 +288,10 @@ def open_dataset(dataset: str, data_dir: str, skip_bad_images: bool = False):
     """
     if dataset.startswith(catalog.IMAGE_FOLDER_PREFIX):
         root = dataset[len(catalog.IMAGE_FOLDER_PREFIX) :]
-        return _FolderBackend(image_folder.scan(root, skip_bad_images=skip_bad_images))
+        folder = image_folder.scan(
+            root, skip_bad_images=skip_bad_images, verify=decode_error
+        )
+        return _FolderBackend(folder)
     spec = catalog.spec(dataset)
     return _TfdsBackend(dataset, open_builder(dataset, data_dir), spec, data_dir)
 

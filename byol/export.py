@@ -1,0 +1,329 @@
+r"""Export a pre-trained encoder to a plain ``.npz``: numpy arrays and JSON only.
+
+    python -m byol.export --workdir=workdirs/fm --output=encoder.npz \
+        [--projector] [--target] [--data_dir=DIR]
+
+The newest checkpoint of the pre-training work directory is restored as
+linear evaluation restores it (`byol.linear_eval.restore_run`: the model is
+rebuilt from the run's config.json; the dataset's metadata is read for the
+number of classes, so `--data_dir` must find it if it moved). Keys of the
+``.npz``:
+
+    params/<module>/<name>          online encoder parameters, e.g.
+                                    params/res_net50/~/initial_conv/w
+    state/<module>/<name>           online encoder state (BN moving averages:
+                                    .../initial_batchnorm/~/mean_ema/average)
+    target_params/..., target_state/...   the target network's (--target)
+    model                           JSON of the run's `model` config section
+    step                            the checkpoint's step (int64)
+    format                          "byol-encoder-npz-1"
+
+Module names are Haiku's and contain ``/``; a parameter's name never does, so
+the last ``/`` splits module from name. ``--projector`` adds the projector's
+modules (``params/projector/linear/w``, ...); the predictor and the online
+classifier are never exported. `load_encoder_npz` reads the file back into
+nested dicts and `encoder_forward` rebuilds the network they fit:
+
+    >>> exported = load_encoder_npz("encoder.npz")  # doctest: +SKIP
+    >>> forward = encoder_forward(exported["model"])  # doctest: +SKIP
+    >>> x = byol.normalize(images)  # doctest: +SKIP
+    >>> emb, _ = forward.apply(exported["params"], exported["state"], None, x,
+    ...                        is_training=False)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import haiku as hk
+import jax
+import ml_collections
+import numpy as np
+from absl import flags, logging
+
+from byol import byol_experiment, networks
+
+FORMAT = "byol-encoder-npz-1"
+# Top-level modules of `make_forward`'s network that are not the encoder.
+HEADS = ("projector", "predictor", "classifier")
+_GROUPS = ("params", "state", "target_params", "target_state")
+
+
+def _select(tree: Mapping, modules: tuple[str, ...]) -> dict[str, dict]:
+    """The encoder's modules of a Haiku tree, plus the heads named in `modules`."""
+    return {
+        module: dict(leaves)
+        for module, leaves in tree.items()
+        if module.split("/")[0] not in HEADS or module.split("/")[0] in modules
+    }
+
+
+def _flatten(group: str, tree: Mapping) -> dict[str, np.ndarray]:
+    return {
+        f"{group}/{module}/{name}": np.asarray(leaf)
+        for module, leaves in tree.items()
+        for name, leaf in leaves.items()
+    }
+
+
+def encoder_arrays(
+    state: byol_experiment.TrainState,
+    model: ml_collections.ConfigDict,
+    step: int,
+    *,
+    projector: bool = False,
+    target: bool = False,
+) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` (key layout in the module docstring).
+
+    Args:
+        state: a restored (host, unreplicated) `TrainState`.
+        model: the run's `model` config section.
+        step: the checkpoint's step.
+        projector: also export the projector.
+        target: also export the target network.
+
+    Returns:
+        Key -> numpy array, ready for `np.savez`.
+
+    Example:
+        >>> run = linear_eval.restore_run(config)  # doctest: +SKIP
+        >>> model, step = run.config.model, run.step  # doctest: +SKIP
+        >>> arrays = encoder_arrays(run.state, model, step)  # doctest: +SKIP
+        >>> arrays["params/res_net50/~/initial_conv/w"].shape  # doctest: +SKIP
+        (7, 7, 3, 64)
+    """
+    heads = ("projector",) if projector else ()
+    trees = {"params": state.online_params, "state": state.online_state}
+    if target:
+        trees.update(target_params=state.target_params, target_state=state.target_state)
+    arrays = {}
+    for group, tree in trees.items():
+        arrays.update(_flatten(group, _select(tree, heads)))
+    arrays["model"] = np.array(json.dumps(model.to_dict(), sort_keys=True))
+    arrays["step"] = np.array(step, np.int64)
+    arrays["format"] = np.array(FORMAT)
+    return arrays
+
+
+def export_encoder(
+    workdir: str,
+    output: str,
+    *,
+    data_dir: str | None = None,
+    projector: bool = False,
+    target: bool = False,
+) -> dict[str, Any]:
+    """Writes the encoder of a pre-training run's newest checkpoint to a ``.npz``.
+
+    Args:
+        workdir: the pre-training run's work directory.
+        output: the file to write (replaced atomically when complete).
+        data_dir: where the run's dataset is now, when not where config.json
+            says (its metadata gives the classifier's number of classes).
+        projector: also export the projector.
+        target: also export the target network.
+
+    Returns:
+        A summary: ``output``, ``step``, ``encoder``, ``arrays`` (count) and
+        ``parameters`` (online parameters written).
+
+    Raises:
+        FileNotFoundError: no config.json or checkpoint in `workdir`, or the
+            dataset is not found.
+        ValueError: a checkpoint that does not fit the run's config.json.
+
+    Example:
+        >>> export_encoder("workdirs/fm", "encoder.npz")["step"]  # doctest: +SKIP
+        2000
+    """
+    from byol import linear_eval  # noqa: PLC0415  (imports TensorFlow)
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"--workdir {workdir!r} has no config.json; expected the --workdir "
+            "of a pre-training run"
+        )
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"--workdir {workdir!r} has no checkpoints/")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.evaluation.pretrain_workdir = workdir
+    if data_dir:
+        config.data.data_dir = data_dir
+    run = linear_eval.restore_run(config)
+    arrays = encoder_arrays(
+        run.state, run.config.model, run.step, projector=projector, target=target
+    )
+    partial = f"{output}.partial"
+    with open(partial, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(partial, output)
+    return {
+        "output": output,
+        "step": run.step,
+        "encoder": run.config.model.encoder,
+        "arrays": len(arrays),
+        "parameters": sum(a.size for k, a in arrays.items() if k.startswith("params/")),
+    }
+
+
+def load_encoder_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads an exported encoder back (no pickle involved).
+
+    Args:
+        path: a file written by `export_encoder`.
+
+    Returns:
+        ``params`` and ``state`` (and ``target_params``, ``target_state`` when
+        exported) as ``{module: {name: array}}``, ``model`` (dict) and
+        ``step`` (int).
+
+    Raises:
+        ValueError: the file is not an exported encoder (one line).
+
+    Example:
+        >>> exported = load_encoder_npz("encoder.npz")  # doctest: +SKIP
+        >>> exported["params"]["res_net50/~/initial_conv"]["w"].shape  # doctest: +SKIP
+        (7, 7, 3, 64)
+    """
+    path = os.fspath(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not an exported BYOL encoder: {error}") from None
+    if not isinstance(npz, Mapping):  # a .npy: one array
+        raise ValueError(f"{path} is not an exported BYOL encoder (one array)")
+    with npz:
+        if "format" not in npz.files:
+            raise ValueError(f"{path} is not an exported BYOL encoder (no 'format')")
+        if str(npz["format"]) != FORMAT:
+            raise ValueError(
+                f"{path} has format {str(npz['format'])!r}; this code reads {FORMAT!r}"
+            )
+        out: dict[str, Any] = {
+            "model": json.loads(str(npz["model"])),
+            "step": int(npz["step"]),
+        }
+        for key in npz.files:
+            if key in ("format", "model", "step"):
+                continue
+            group, _, rest = key.partition("/")
+            module, _, name = rest.rpartition("/")
+            if group not in _GROUPS or not module or not name:
+                raise ValueError(
+                    f"{path} has an unknown key {key!r}; expected "
+                    "<params|state|target_params|target_state>/<module>/<name>"
+                )
+            out.setdefault(group, {}).setdefault(module, {})[name] = npz[key]
+    out.setdefault("params", {})
+    out.setdefault("state", {})
+    return out
+
+
+def encoder_forward(model: Mapping[str, Any]) -> hk.TransformedWithState:
+    """The encoder alone, as an exported file's params and state fit it.
+
+    Its BN layers (with ``norm=bn``) use their own batch in training mode, not
+    a cross-device one, so it runs anywhere: ``apply(params, state, None,
+    images, is_training)`` on normalised images [B, H, W, C] gives the
+    embeddings [B, D].
+
+    Args:
+        model: the exported ``model`` section (`load_encoder_npz`).
+
+    Returns:
+        The Haiku transform of the encoder (module names as in training).
+
+    Example:
+        >>> forward = encoder_forward(exported["model"])  # doctest: +SKIP
+    """
+    model = ml_collections.ConfigDict(dict(model))
+    norm = dataclasses.replace(
+        byol_experiment.network_norms(model).encoder, cross_replica_axis=None
+    )
+
+    def forward(images: jax.Array, is_training: bool) -> jax.Array:
+        encoder = networks.make_encoder(
+            model.encoder,
+            width_multiplier=model.width_multiplier,
+            norm=norm,
+            small_image=model.small_image,
+        )
+        return encoder(images, is_training)
+
+    return hk.transform_with_state(forward)
+
+
+# ----------------------------------------------------------------------- CLI
+# Flags of their own, so that importing this module next to byol.main (which
+# defines --workdir too) does not clash.
+FLAGS = flags.FlagValues()
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Work directory of a pre-training run.", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string("output", None, "The .npz to write.", flag_values=FLAGS)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Where the run's dataset is now (default: as in its config.json).",
+    flag_values=FLAGS,
+)
+_PROJECTOR = flags.DEFINE_bool(
+    "projector", False, "Also export the projector.", flag_values=FLAGS
+)
+_TARGET = flags.DEFINE_bool(
+    "target", False, "Also export the target network.", flag_values=FLAGS
+)
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show the full traceback of errors.", flag_values=FLAGS
+)
+flags.mark_flags_as_required(["workdir", "output"], flag_values=FLAGS)
+
+
+def main(argv: list[str]) -> int:
+    """Parses the command line, exports, and returns the exit status.
+
+    Bad flags and bad input end with one ``error: ...`` line and status 2.
+
+    Example:
+        >>> main(["export", "--workdir=runs/fm", "--output=e.npz"])  # doctest: +SKIP
+        0
+    """
+    FLAGS.unparse_flags()  # a second call starts from the defaults again
+    try:
+        FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # Orbax and tfds log every file they touch at INFO.
+    logging.set_verbosity(logging.WARNING)
+    try:
+        summary = export_encoder(
+            _WORKDIR.value,
+            _OUTPUT.value,
+            data_dir=_DATA_DIR.value,
+            projector=_PROJECTOR.value,
+            target=_TARGET.value,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        if _TRACEBACK.value:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"Wrote {summary['output']}: step {summary['step']} of {_WORKDIR.value} "
+        f"({summary['encoder']}, {summary['parameters']:,} online parameters, "
+        f"{summary['arrays']} arrays)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
