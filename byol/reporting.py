@@ -95,6 +95,28 @@ class MetricsLog:
 
 def plot_training(history: list[Mapping[str, float]], path: str, title: str) -> None:
     """Saves a PNG with the loss, collapse indicator and probe accuracy by step."""
+    plot_runs({"": history}, path, title)
+
+
+def plot_runs(
+    histories: Mapping[str, list[Mapping[str, float]]],
+    path: str,
+    title: str,
+    probe_baselines: Mapping[str, float] | None = None,
+) -> None:
+    """Saves one PNG comparing runs: loss, collapse indicator, probe accuracy.
+
+    Args:
+        histories: run name -> rows of `MetricsLog.history` (``step`` plus
+            scalars); a run with an empty name gets no legend entry.
+        path: the PNG to write.
+        title: the figure's title.
+        probe_baselines: name -> probe top-1 (a fraction) drawn as horizontal
+            lines on the probe panel (e.g. random init, raw pixels).
+
+    Example:
+        >>> plot_runs({"gn_ws": h1, "bn": h2}, "demo.png", "BYOL")  # doctest: +SKIP
+    """
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -107,12 +129,25 @@ def plot_training(history: list[Mapping[str, float]], path: str, title: str) -> 
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for ax, (key, label) in zip(axes, panels, strict=True):
-        rows = [r for r in history if key in r]
-        values = [r[key] * (100 if key == "probe_top1" else 1) for r in rows]
-        ax.plot([r["step"] for r in rows], values, marker="o" if len(rows) < 20 else "")
+        for name, history in histories.items():
+            rows = [r for r in history if key in r]
+            values = [r[key] * (100 if key == "probe_top1" else 1) for r in rows]
+            marker = "o" if len(rows) < 20 else ""
+            ax.plot([r["step"] for r in rows], values, marker=marker, label=name)
         ax.set_xlabel("step")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
+    for i, (name, top1) in enumerate((probe_baselines or {}).items()):
+        axes[-1].axhline(100 * top1, color=f"C{len(histories) + i}", ls="--")
+        axes[-1].annotate(
+            name,
+            (0.02, 100 * top1),
+            xycoords=("axes fraction", "data"),
+            va="bottom",
+            fontsize=8,
+        )
+    if any(histories):
+        axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

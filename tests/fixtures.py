@@ -47,7 +47,7 @@ def write_fake_fashion_mnist(data_dir, num_train=300, num_test=70, seed=0):
 def tiny_config(data_dir, norm="gn_ws", **training):
     """A Fashion-MNIST config small enough to compile and run in seconds.
 
-    TinyResNet (small-image stem) with 4 GN groups (its widths are 8-64), 32/16
+    TinyResNet 1x (small-image stem) with 4 GN groups (its widths are 8-64), 32/16
     heads, batch 16, a few steps; `training` overrides `config.training` fields.
     """
     from configs import fashion_mnist  # noqa: PLC0415
@@ -56,6 +56,7 @@ def tiny_config(data_dir, norm="gn_ws", **training):
     config.data.data_dir = str(data_dir)
     config.data.num_threads = 1
     config.data.val_size = 50  # read by byol.train (the catalogue's is 10,000)
+    config.model.width_multiplier = 1
     config.model.num_groups = 4
     config.model.projector_hidden_size = 32
     config.model.projection_size = 16
