@@ -9,12 +9,16 @@ Variants (the config string after the colon selects the normalisation):
 
     --config=configs/fashion_mnist.py:gn_ws   # GN + WS everywhere (default)
     --config=configs/fashion_mnist.py:bn      # vanilla BYOL, BN everywhere
-    --config=configs/fashion_mnist.py:none    # no normalisation (collapses)
+    --config=configs/fashion_mnist.py:none    # no normalisation (paper: collapses)
     --config=configs/fashion_mnist.py:bn_init # BN-statistics init, no BN after
+    --config=configs/fashion_mnist.py:gn_ws_bn_heads  # GN+WS encoder, BN heads
 
 Any field can be overridden, e.g. `--config.training.max_steps=100`.
 
-What to expect: see the README's demo table (measured on a 2-core CPU).
+What to expect (measured on a 2-core Intel Xeon, README's demo section): ~5
+minutes of pre-training per variant at ~300 img/s; linear probe top-1 on the
+test split 78.7% for gn_ws (random init of the same encoder: 64.7%) and 80.0%
+for bn. Variants none, bn_init and gn_ws_bn_heads: not measured yet.
 """
 
 import ml_collections
