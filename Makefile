@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= data
 
-.PHONY: install test lint format demo fashion_mnist benchmark clean
+.PHONY: install test lint format demo fashion_mnist benchmark benchmark_resnets study clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,26 @@ demo: install fashion_mnist
 # Train-step and input-pipeline throughput of the demo config on this machine.
 benchmark: install fashion_mnist
 	$(PY) -m experiments.benchmark --config=configs/fashion_mnist.py:gn_ws
+
+# ResNet-18 (Imagenette, 128 px) and ResNet-50 (ImageNet, 224 px), BN and
+# GN+WS, float32 and bfloat16, on synthetic batches (no dataset needed); one
+# JSON per combination in benchmarks/. Small batches: sized for a CPU.
+BENCH_BATCH ?= 8
+benchmark_resnets: install
+	@mkdir -p benchmarks
+	@set -e; for cfg in imagenette.py:%s byol.py:epochs=300,norm=%s; do \
+		for norm in bn gn_ws; do for dtype in float32 bfloat16; do \
+			name=$$(echo "$$cfg" | cut -d. -f1)_$${norm}_$${dtype}; \
+			$(PY) -m experiments.benchmark --config=configs/$$(printf "$$cfg" $$norm) \
+				--config.model.compute_dtype=$$dtype \
+				--config.training.batch_size=$(BENCH_BATCH) --synthetic \
+				--steps=2 --windows=2 --json_out=benchmarks/$$name.json; \
+		done; done; \
+	done
+
+# The normalisation study at the small scale (README "Reproducing the paper").
+study: install fashion_mnist
+	$(PY) -m experiments.normalization_study --scale=small --out=results/norm_study
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

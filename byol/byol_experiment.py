@@ -10,6 +10,18 @@ One step, as data:
       online forward (both views) ─┐
       target forward (both views) ─┴→ 2 − 2cos, symmetrised + online classifier
       grads ─pmean→ LARS → online params;  τ(step) ─EMA→ target params
+
+With `training.accumulation_steps` k > 1 the device's batch is augmented as a
+whole, then split into k micro-batches; a `lax.scan` runs the forward and
+backward passes one micro-batch at a time (activation memory of one
+micro-batch) and sums their gradients; their mean takes one optimiser step
+and one target update. Without batch statistics (GN + WS) this is the update
+of the whole batch, up to float rounding; with BN each micro-batch is
+normalised by its own statistics (over b, not k·b examples per device, and the
+moving averages move k times per step), so it only approximates the large
+batch. `model.compute_dtype = "bfloat16"` runs the networks in bfloat16
+(`byol.precision`): parameters, optimiser state, normalisation statistics and
+the loss stay float32.
 """
 
 from __future__ import annotations
@@ -25,7 +37,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from byol import augmentations, bn_init, losses, networks, optimizers, schedules
+from byol import (
+    augmentations,
+    bn_init,
+    losses,
+    networks,
+    optimizers,
+    precision,
+    schedules,
+)
 from byol.normalization import NormConfig
 from byol.target import update_target
 
@@ -73,12 +93,16 @@ def network_norms(model: ml_collections.ConfigDict) -> networks.NetworkNorms:
 
 
 def make_forward(
-    model: ml_collections.ConfigDict, norms: networks.NetworkNorms, num_classes: int
+    model: ml_collections.ConfigDict,
+    norms: networks.NetworkNorms,
+    num_classes: int,
+    with_predictor: bool = True,
 ) -> hk.TransformedWithState:
     """The BYOL network: encoder → projector → predictor, plus a linear probe.
 
     The classifier sees `stop_gradient(embedding)`, so it monitors the
-    representation without shaping it.
+    representation without shaping it. With `with_predictor=False` (SimCLR)
+    there is no predictor module and no ``prediction`` output.
     """
 
     def forward(images: jax.Array, is_training: bool) -> dict[str, jax.Array]:
@@ -103,12 +127,14 @@ def make_forward(
         classifier = hk.Linear(num_classes, name="classifier")
         embedding = encoder(images, is_training)
         projection = projector(embedding, is_training)
-        return dict(
+        outputs = dict(
             embedding=embedding,
             projection=projection,
-            prediction=predictor(projection, is_training),
             logits=classifier(jax.lax.stop_gradient(embedding)),
         )
+        if with_predictor:
+            outputs["prediction"] = predictor(projection, is_training)
+        return outputs
 
     return hk.transform_with_state(forward)
 
@@ -184,6 +210,8 @@ class ByolExperiment:
         # Without batch statistics an example's output does not depend on the
         # rest of its batch, so both views can share one forward pass.
         self.batch_independent = all(n.kind != "bn" for n in self.norms)
+        self.compute_dtype = jnp.dtype(model.get("compute_dtype", "float32"))
+        self.accumulation_steps = training.get("accumulation_steps", 1)
 
         self.lr_schedule = schedules.learning_rate_schedule(
             training.base_learning_rate,
@@ -282,16 +310,19 @@ class ByolExperiment:
         )
 
     # ----------------------------------------------------------------- update
+    def _apply(self, params, state, images, is_training=True):
+        return precision.apply(
+            self.forward, self.compute_dtype, params, state, images, is_training
+        )
+
     def _two_view_forward(self, params, state, view1, view2):
         if self.batch_independent:
-            both, state = self.forward.apply(
-                params, state, None, jnp.concatenate([view1, view2]), is_training=True
-            )
+            both, state = self._apply(params, state, jnp.concatenate([view1, view2]))
             out1 = jax.tree.map(lambda x: x[: len(view1)], both)
             out2 = jax.tree.map(lambda x: x[len(view1) :], both)
             return out1, out2, state
-        out1, state = self.forward.apply(params, state, None, view1, is_training=True)
-        out2, state = self.forward.apply(params, state, None, view2, is_training=True)
+        out1, state = self._apply(params, state, view1)
+        out2, state = self._apply(params, state, view2)
         return out1, out2, state
 
     def _loss(
@@ -317,26 +348,51 @@ class ByolExperiment:
         )
         return repr_loss + classifier_loss, (online_state, scalars)
 
+    def _grads(self, state: TrainState, online_state, target_state, micro_batch):
+        """Gradients and scalars of one micro-batch; the new network states."""
+        view1, view2, labels = micro_batch
+        target1, target2, target_state = self._two_view_forward(
+            state.target_params, target_state, view1, view2
+        )
+        grad_fn = jax.grad(self._loss, has_aux=True)
+        grads, (online_state, scalars) = grad_fn(
+            state.online_params,
+            online_state,
+            target1["projection"],
+            target2["projection"],
+            view1,
+            view2,
+            labels,
+        )
+        return grads, online_state, target_state, scalars
+
     def _update(self, state: TrainState, step: jax.Array, batch: dict[str, jax.Array]):
         # The key is a function of (seed, step, device): resuming at a step
         # replays exactly the augmentations an uninterrupted run would draw.
         rng = jax.random.fold_in(self._base_key, step)
         rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+        # Augmented before the split, so every example gets the same views
+        # whatever the number of micro-batches.
         view1, view2 = self.views(rng, batch)
+        k = self.accumulation_steps
+        micro_batches = jax.tree.map(
+            lambda x: x.reshape((k, -1) + x.shape[1:]), (view1, view2, batch["labels"])
+        )
 
-        target1, target2, target_state = self._two_view_forward(
-            state.target_params, state.target_state, view1, view2
+        def accumulate(carry, micro_batch):
+            grad_sum, online_state, target_state = carry
+            grads, online_state, target_state, scalars = self._grads(
+                state, online_state, target_state, micro_batch
+            )
+            grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+            return (grad_sum, online_state, target_state), scalars
+
+        zeros = jax.tree.map(jnp.zeros_like, state.online_params)
+        (grads, online_state, target_state), scalars = jax.lax.scan(
+            accumulate, (zeros, state.online_state, state.target_state), micro_batches
         )
-        grad_fn = jax.grad(self._loss, has_aux=True)
-        grads, (online_state, scalars) = grad_fn(
-            state.online_params,
-            state.online_state,
-            target1["projection"],
-            target2["projection"],
-            view1,
-            view2,
-            batch["labels"],
-        )
+        grads = jax.tree.map(lambda g: g / k, grads)
+        scalars = jax.tree.map(lambda s: jnp.mean(s, axis=0), scalars)
         grads = jax.lax.pmean(grads, axis_name=AXIS)
         updates, opt_state = self.optimizer.update(
             grads, state.opt_state, state.online_params
@@ -379,10 +435,19 @@ class ByolExperiment:
     def embed(self, params: hk.Params, state: hk.State, images: jax.Array):
         """Frozen-encoder features of uint8 images (inference mode, no crop)."""
         x = augmentations.normalize(images)
-        out, _ = self.forward.apply(params, state, None, x, is_training=False)
+        out, _ = self._apply(params, state, x, is_training=False)
         return out["embedding"]
 
 
+def local_replica(tree: Any) -> Any:
+    """This process's first device's copy of a pmapped (replicated) pytree.
+
+    Read from that device's shard, so no other process takes part: in a
+    multi-process run `x[0]` would be a computation every process must join.
+    """
+    return jax.tree.map(lambda x: x.addressable_data(0)[0], tree)
+
+
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a pmapped (replicated) pytree, on the host."""
-    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+    """This process's first device's copy of a replicated pytree, on the host."""
+    return jax.device_get(local_replica(tree))

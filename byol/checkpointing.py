@@ -20,6 +20,11 @@ Faults, and what survives them:
   checkpoints written before are untouched.
 
 No pickle is involved: arrays are stored with tensorstore, metadata as JSON.
+
+Several processes (a multi-host run) share one checkpoint directory: every
+process calls `save` with the same (replicated) state and orbax writes it once,
+from process 0, between barriers; every process restores it; only process 0
+moves corrupt checkpoints aside, and the others wait for it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 PyTree = Any
 CORRUPT_SUFFIX = ".corrupt"
@@ -179,6 +185,7 @@ class Checkpointer:
                     raise  # Readable, but not shaped like `like`.
                 corrupt.append(self._set_aside(step, reason))
                 continue
+            self._sync_set_aside()
             if corrupt:
                 logging.warning(
                     "%s; restored checkpoint %d (%s) instead",
@@ -187,9 +194,17 @@ class Checkpointer:
                     self._path(step),
                 )
             return Restored(step, state, metadata)
+        self._sync_set_aside()
         if corrupt:
             logging.warning("%s; no readable checkpoint is left", "; ".join(corrupt))
         return None
+
+    def _sync_set_aside(self) -> None:
+        """With several processes: all see the checkpoints process 0 set aside."""
+        if self.read_only or jax.process_count() == 1:
+            return
+        multihost_utils.sync_global_devices("byol_checkpoints_set_aside")
+        self._manager.reload()
 
     def _path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))

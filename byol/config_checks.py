@@ -13,13 +13,16 @@ import os
 import jax
 import ml_collections
 
-from byol import networks, normalization
+from byol import networks, normalization, precision
 from byol.data import catalog  # pure Python: no TensorFlow
 
 MODES = ("pretrain", "linear_eval")
+# Pre-training methods (`config.method`), see `byol.train.make_experiment`.
+METHODS = ("byol", "simclr")
 # Fields that fix the shapes of the checkpointed state: a work directory whose
 # checkpoints were written under other values cannot be resumed.
 _ARCHITECTURE_FIELDS = (
+    "method",
     "data.dataset",
     "data.image_size",
     "model.encoder",
@@ -141,6 +144,11 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     area = config.data.get("min_crop_area", 0.08)
     if not _is_number(area) or not 0 < area <= 1:
         raise ValueError(f"data.min_crop_area must be in (0, 1], got {area!r}")
+    temperature = training.get("temperature", 0.1)
+    if not _is_number(temperature) or not 0 < temperature < math.inf:
+        raise ValueError(
+            f"training.temperature must be a finite number > 0, got {temperature!r}"
+        )
     multiplier = training.get("predictor_lr_multiplier", 1.0)
     if not _is_number(multiplier) or not 0 < multiplier < math.inf:
         raise ValueError(
@@ -153,6 +161,8 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         )
     _one_of(config, "model.encoder_ws", (-1, 0, 1))
     _one_of(config, "model.mlp_ws", (0, 1))
+    if _has(config, "model.compute_dtype"):
+        _one_of(config, "model.compute_dtype", precision.COMPUTE_DTYPES)
     for field in (
         "model.small_image",
         "model.bn_init",
@@ -169,7 +179,23 @@ def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"mode {config.mode!r} unknown; expected one of: " + ", ".join(MODES)
         )
+    method = config.get("method", "byol")
+    if isinstance(method, bool) or method not in METHODS:
+        raise ValueError(
+            f"method {method!r} unknown; expected one of: " + ", ".join(METHODS)
+        )
     model, training = config.model, config.training
+    if method == "simclr" and model.bn_init:
+        raise ValueError(
+            "model.bn_init is implemented for method 'byol' only; use "
+            "model.bn_init=False with method 'simclr'"
+        )
+    if method == "simclr" and training.get("accumulation_steps", 1) != 1:
+        raise ValueError(
+            "training.accumulation_steps must be 1 with method 'simclr' "
+            "(NT-Xent's negatives span the whole batch), got "
+            f"{training.accumulation_steps!r}"
+        )
     dataset = config.data.dataset
     if not (
         dataset.startswith(catalog.IMAGE_FOLDER_PREFIX)
@@ -237,7 +263,22 @@ def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
             f"{'small-image' if model.small_image else 'standard'} stem takes "
             f"(min {minimum}); set model.small_image=True for 28-64 px images"
         )
-    per_device_batch(training.batch_size)
+    _check_accumulation(training, per_device_batch(training.batch_size))
+
+
+def _check_accumulation(training: ml_collections.ConfigDict, per_device: int) -> None:
+    """The micro-batch count is a positive divisor of the per-device batch."""
+    steps = training.get("accumulation_steps", 1)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(
+            f"training.accumulation_steps must be a positive integer, got {steps!r}"
+        )
+    if per_device % steps:
+        raise ValueError(
+            f"training.accumulation_steps {steps} does not divide the per-device "
+            f"batch {per_device} (training.batch_size {training.batch_size} over "
+            f"{jax.device_count()} devices); use a divisor of {per_device}"
+        )
 
 
 def per_device_batch(batch_size: int) -> int:
@@ -259,13 +300,16 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
             differ from `config` (its checkpoints could not be restored).
     """
     path = os.path.join(workdir, "config.json")
-    current = {field: _get(config, field) for field in _ARCHITECTURE_FIELDS}
+    current = {f: _get(config, f) for f in _ARCHITECTURE_FIELDS if f != "method"}
+    current["method"] = config.get("method", "byol")
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
         saved_fields = {
             field: _get_dict(saved, field) for field in _ARCHITECTURE_FIELDS
         }
+        if saved_fields["method"] is None:  # written before SimCLR existed
+            saved_fields["method"] = "byol"
         diff = [f for f in _ARCHITECTURE_FIELDS if saved_fields[f] != current[f]]
         if diff and os.path.isdir(os.path.join(workdir, "checkpoints")):
             field = diff[0]
@@ -275,8 +319,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
                 "--workdir or the same config"
             )
     if jax.process_index() == 0:
-        with open(path, "w") as f:
+        # Written aside and renamed: the other processes of a multi-process
+        # run may be reading it.
+        with open(path + ".tmp", "w") as f:
             json.dump(config.to_dict(), f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 def _get_dict(tree: dict, dotted: str):

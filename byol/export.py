@@ -158,6 +158,11 @@ def export_encoder(
     if data_dir:
         config.data.data_dir = data_dir
     run = linear_eval.restore_run(config)
+    if target and not hasattr(run.state, "target_params"):
+        raise ValueError(
+            f"--target: the run in {workdir!r} (method "
+            f"{run.config.get('method', 'byol')!r}) has no target network"
+        )
     arrays = encoder_arrays(
         run.state, run.config.model, run.step, projector=projector, target=target
     )

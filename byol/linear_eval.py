@@ -269,8 +269,10 @@ class RestoredRun(NamedTuple):
     """The newest checkpoint of a pre-training run and what rebuilt its model.
 
     Attributes:
-        experiment: the `ByolExperiment` rebuilt from the run's config.json.
-        state: the whole `TrainState` (online, target, optimiser), host arrays.
+        experiment: the `ByolExperiment` (or `SimclrExperiment`) rebuilt from
+            the run's config.json.
+        state: the whole `TrainState` (online, target, optimiser; a SimCLR
+            run's `SimclrState` has no target), host arrays.
         step: the step of the restored checkpoint.
         config: the run's config, data paths resolved for this machine.
         info: split sizes, classes and image shape of the run's dataset.
@@ -328,7 +330,8 @@ def restore_run(config: ml_collections.ConfigDict) -> RestoredRun:
             val_size=_val_size(run_config.data),
             skip_bad_images=bool(run_config.data.get("skip_corrupt_images", False)),
         )
-        experiment = byol_experiment.ByolExperiment(run_config, info.num_classes)
+        # BYOL or SimCLR, as the run's config.method says.
+        experiment = train.make_experiment(run_config, info.num_classes)
         like = train.abstract_train_state(experiment, info, run_config.data.image_size)
         try:
             # A corrupt newest checkpoint is passed over with a warning.

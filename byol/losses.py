@@ -5,6 +5,8 @@ reference code, ``x * rsqrt(max(sum(x^2), eps))``, so an all-zero vector maps to
 zero (finite loss, finite gradient) instead of NaN.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -117,7 +119,15 @@ def nt_xent_loss(
 
     Example:
         >>> loss = nt_xent_loss(proj_view1, proj_view2, temperature=0.1)
+
+    Raises:
+        ValueError: a Python-number ``temperature`` that is not finite and > 0
+            (a traced one is not checked).
     """
+    if isinstance(temperature, (int, float)) and not 0 < temperature < math.inf:
+        raise ValueError(
+            f"temperature must be a finite number > 0, got {temperature!r}"
+        )
     z1 = l2_normalize(z1)
     z2 = l2_normalize(z2)
     batch_size = z1.shape[0]

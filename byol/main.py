@@ -4,7 +4,10 @@ r"""Command line: pre-train BYOL or linearly evaluate a pre-trained encoder.
         --workdir=workdirs/fmnist [--config.training.max_steps=200]
 
 The config's `mode` picks the job (`pretrain` or `linear_eval`); every config
-field can be overridden with `--config.<field>=<value>`. Bad input ends with a
+field can be overridden with `--config.<field>=<value>`. A multi-process run
+starts the same command on every host, with `--coordinator_address`,
+`--num_processes` and `--process_id` (or nothing under SLURM, Open MPI and on
+TPU pods; see `byol.distributed`). Bad input ends with a
 one-line error naming the field (exit status 2); a fault during the run (a
 non-finite loss, a failed checkpoint write) ends with a one-line error naming
 the step or checkpoint (exit status 1). `--traceback` shows the full stack.
@@ -20,6 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from byol import distributed
 from byol.xla_flags import set_cpu_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,6 +38,20 @@ _CPU_DEVICES = flags.DEFINE_integer(
     2,
     "Devices to split a CPU into (XLA host platform). Two devices ran the demo "
     "step 1.1x faster than one on a 2-core CPU; ignored on GPU/TPU.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process runs: host:port of process 0 (or $JAX_COORDINATOR_ADDRESS); "
+    "detected under SLURM, Open MPI and on TPU pods.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process runs: processes (or $JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id",
+    None,
+    "Multi-process runs: this process, 0..num_processes-1 (or $JAX_PROCESS_ID).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -103,6 +121,9 @@ def main(argv) -> None:
     from byol import checkpointing  # noqa: PLC0415  (after the XLA flags)
 
     try:
+        distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
         run(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as error:  # bad input
         if _TRACEBACK.value:

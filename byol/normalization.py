@@ -127,7 +127,8 @@ def standardize_weight(w: jax.Array, eps: float) -> jax.Array:
       eps: Floor of ``fan_in * var`` (> 0).
 
     Returns:
-      The standardised kernel, same shape and dtype as ``w``.
+      The standardised kernel, same shape and dtype as ``w`` (computed in at
+      least float32: a bfloat16 kernel's statistics would round badly).
 
     Raises:
       ValueError: If ``w`` has rank < 2.
@@ -142,8 +143,9 @@ def standardize_weight(w: jax.Array, eps: float) -> jax.Array:
         raise ValueError(f"w rank {w.ndim} invalid; expected >= 2 (fan-in..., out)")
     axes = tuple(range(w.ndim - 1))
     fan_in = int(np.prod(w.shape[:-1]))
-    mean = jnp.mean(w, axis=axes, keepdims=True)
-    centred = w - mean
+    w32 = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+    mean = jnp.mean(w32, axis=axes, keepdims=True)
+    centred = w32 - mean
     var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
     scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * np.sqrt(fan_in)
     return (centred * scale).astype(w.dtype)
@@ -264,7 +266,9 @@ def make_norm(config: NormConfig, name: str) -> NormFn:
         ``batchnorm_0``) so that parameter trees stay aligned.
 
     Returns:
-      ``norm(x, is_training) -> y`` for channels-last ``x``.
+      ``norm(x, is_training) -> y`` for channels-last ``x``; ``y`` has the
+      dtype of ``x``, but the statistics and the affine transform are computed
+      in float32 (bfloat16 sums over a feature map lose too much precision).
 
     Raises:
       ValueError: (from the returned function) for ``gn`` when ``num_groups``
@@ -277,9 +281,19 @@ def make_norm(config: NormConfig, name: str) -> NormFn:
       >>> sorted(params["batchnorm_0"])
       ['offset', 'scale']
     """
-    kind = config.kind
-    if kind == "none":
+    if config.kind == "none":
         return lambda x, is_training: x
+    norm = _build_norm(config, name)
+
+    def in_float32(x: jax.Array, is_training: bool) -> jax.Array:
+        return norm(x.astype(jnp.float32), is_training).astype(x.dtype)
+
+    return in_float32
+
+
+def _build_norm(config: NormConfig, name: str) -> NormFn:
+    """The Haiku module of a norm kind other than ``none``, as a `NormFn`."""
+    kind = config.kind
     if kind == "bn":
         bn = hk.BatchNorm(
             create_scale=True,

@@ -1,4 +1,4 @@
-"""The pre-training loop: data → pmapped BYOL step → logs, probes, checkpoints.
+"""The pre-training loop: data → pmapped BYOL (or SimCLR) step → logs, checkpoints.
 
 `pretrain(config, workdir)` resumes from the newest checkpoint in `workdir`
 when there is one, so a killed run restarted with the same command continues
@@ -29,7 +29,41 @@ from byol import (
     data,
     eval_experiment,
     reporting,
+    simclr_experiment,
 )
+
+# How `config.method` is written in titles.
+METHOD_NAMES = {"byol": "BYOL", "simclr": "SimCLR"}
+
+
+def make_experiment(config: ml_collections.ConfigDict, num_classes: int):
+    """The experiment `config.method` names: BYOL (default) or SimCLR.
+
+    Both expose `init`, `update`, `embed` and `forward` on states with
+    `online_params` / `online_state`, so the loop below runs either.
+
+    Args:
+        config: a full config (see configs/common.py).
+        num_classes: classes of the online linear classifier.
+
+    Returns:
+        A `byol_experiment.ByolExperiment` or a
+        `simclr_experiment.SimclrExperiment`.
+
+    Raises:
+        ValueError: an unknown `config.method`.
+
+    Example:
+        >>> experiment = make_experiment(config, 10)  # doctest: +SKIP
+    """
+    method = config.get("method", "byol")
+    if method == "byol":
+        return byol_experiment.ByolExperiment(config, num_classes)
+    if method == "simclr":
+        return simclr_experiment.SimclrExperiment(config, num_classes)
+    raise ValueError(
+        f"method {method!r} unknown; expected one of: " + ", ".join(METHOD_NAMES)
+    )
 
 
 def replicate(tree: Any) -> Any:
@@ -77,14 +111,44 @@ def probe_features(
     embed,
     max_train_examples: int | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Frozen features of the train (minus validation), validation and test splits."""
+    """Frozen features of the train (minus validation), validation and test splits.
+
+    Each process embeds its shard of each split; every process gets them all.
+    """
+    processes = jax.process_count()
+    per_process = max_train_examples and -(-max_train_examples // processes)
+    train = eval_experiment.extract_features(
+        embed, _eval_batches(config, "train_minus_val"), per_process
+    )
+    train = tuple(x[:max_train_examples] for x in _from_all_processes(train))
     return {
-        "train": eval_experiment.extract_features(
-            embed, _eval_batches(config, "train_minus_val"), max_train_examples
+        "train": train,
+        "val": _from_all_processes(
+            eval_experiment.extract_features(embed, _eval_batches(config, "val"))
         ),
-        "val": eval_experiment.extract_features(embed, _eval_batches(config, "val")),
-        "test": eval_experiment.extract_features(embed, _eval_batches(config, "test")),
+        "test": _from_all_processes(
+            eval_experiment.extract_features(embed, _eval_batches(config, "test"))
+        ),
     }
+
+
+def _from_all_processes(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Every process's rows of `arrays` (equal lengths), in process order."""
+    if jax.process_count() == 1:
+        return arrays
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    counts = multihost_utils.process_allgather(np.int32(len(arrays[0])))
+    longest = int(counts.max())
+    # process_allgather takes the same shape everywhere: pad, gather, trim.
+    padded = [
+        np.concatenate([x, np.zeros((longest - len(x), *x.shape[1:]), x.dtype)])
+        for x in arrays
+    ]
+    gathered = multihost_utils.process_allgather(padded)
+    return tuple(
+        np.concatenate([x[p, :n] for p, n in enumerate(counts)]) for x in gathered
+    )
 
 
 def run_probe(config, embed, num_classes: int, max_train_examples=None):
@@ -96,7 +160,9 @@ def run_probe(config, embed, num_classes: int, max_train_examples=None):
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Pre-trains BYOL as `config` says, checkpointing into `workdir`.
+    """Pre-trains BYOL (or SimCLR, `config.method`) as `config` says.
+
+    Checkpoints, logs, plots and results go into `workdir`.
 
     Args:
         config: a full config (see configs/common.py).
@@ -124,7 +190,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     config_checks.check_workdir(workdir, config)
 
-    experiment = byol_experiment.ByolExperiment(config, info.num_classes)
+    experiment = make_experiment(config, info.num_classes)
     checkpointer = checkpointing.Checkpointer(workdir, training.max_checkpoints_to_keep)
     latest = checkpointer.latest_step() or 0
     if latest > training.max_steps:
@@ -138,7 +204,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         # A finished run restarted: nothing to train, and re-saving the last
         # step would fail (orbax refuses to overwrite a checkpoint).
         checkpointer.close()
-        print(f"{workdir} holds a finished run; returning its results.json")
+        if jax.process_index() == 0:
+            print(f"{workdir} holds a finished run; returning its results.json")
         with open(results_path) as f:
             return json.load(f)
     # Restored before the data stream starts: a corrupt newest checkpoint
@@ -163,7 +230,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     first_batch = next(batches)
     if restored:
         state = replicate(restored.state)
-        print(f"Resumed from step {start_step} in {checkpointer.directory}")
+        if jax.process_index() == 0:
+            print(f"Resumed from step {start_step} in {checkpointer.directory}")
     else:
         state = experiment.init(jax.random.key(config.seed), first_batch)
 
@@ -173,11 +241,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     metrics = reporting.MetricsLog(workdir, start_step)
     progress = reporting.Progress(training.max_steps, start_step, training.batch_size)
-    embed = lambda images: experiment.embed(  # noqa: E731
-        jax.tree.map(lambda x: x[0], state.online_params),
-        jax.tree.map(lambda x: x[0], state.online_state),
-        images,
-    )
+
+    def embed_fn():
+        """`embed` with the current online network (one replica, local)."""
+        params, net_state = byol_experiment.local_replica(
+            (state.online_params, state.online_state)
+        )
+        return lambda images: experiment.embed(params, net_state, images)
 
     def save(step: int) -> None:
         metadata = {
@@ -226,12 +296,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if probe_now:
                 result = run_probe(
                     config,
-                    embed,
+                    embed_fn(),
                     info.num_classes,
                     config.evaluation.probe_max_train_examples,
                 )
                 metrics.write(done, {"probe_top1": result.top1})
-                print(f"  probe at step {done}: top-1 {100 * result.top1:.1f}%")
+                if jax.process_index() == 0:
+                    print(f"  probe at step {done}: top-1 {100 * result.top1:.1f}%")
             if save_now:
                 save(done)
                 last_saved = done
@@ -248,7 +319,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         scalars = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
 
     result = run_probe(
-        config, embed, info.num_classes, config.evaluation.probe_max_train_examples
+        config, embed_fn(), info.num_classes, config.evaluation.probe_max_train_examples
     )
     metrics.write(training.max_steps, {"probe_top1": result.top1})
     results = {
@@ -267,7 +338,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         reporting.plot_training(
             metrics.history,
             os.path.join(workdir, "training.png"),
-            f"BYOL {config.model.norm} on {config.data.dataset}",
+            f"{METHOD_NAMES[config.get('method', 'byol')]} {config.model.norm} "
+            f"on {config.data.dataset}",
         )
     return results
 
@@ -276,12 +348,13 @@ def abstract_train_state(experiment, info, image_size: int):
     """One replica's `TrainState` as zeros of the right shapes, without compute.
 
     Args:
-        experiment: a `ByolExperiment`.
+        experiment: a `ByolExperiment` or `SimclrExperiment`.
         info: the dataset's `DatasetInfo` (image shape, fixed size or JPEG).
         image_size: the side of JPEG datasets' crops.
 
     Returns:
-        A host `TrainState` of zeros, e.g. to restore a checkpoint into.
+        A host training state (`TrainState` / `SimclrState`) of zeros, e.g.
+        to restore a checkpoint into.
 
     Example:
         >>> like = abstract_train_state(experiment, info, 28)  # doctest: +SKIP

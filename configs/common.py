@@ -12,6 +12,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Returns the full set of fields with the reference BYOL defaults."""
     config = ml_collections.ConfigDict()
     config.mode = "pretrain"  # pretrain | linear_eval
+    # Pre-training method: byol | simclr (byol/simclr_experiment.py: encoder +
+    # projector, NT-Xent with negatives from every device, no target network).
+    config.method = "byol"
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
@@ -49,9 +52,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.projector_hidden_size = 4096
     config.model.projection_size = 256
     config.model.predictor_hidden_size = 4096
+    # float32 | bfloat16: the dtype the networks compute in; parameters,
+    # optimiser state, normalisation statistics and the loss stay float32.
+    config.model.compute_dtype = "float32"
 
     config.training = ml_collections.ConfigDict()
     config.training.batch_size = 4096
+    # Micro-batches per optimiser step: each device's share of batch_size is
+    # split into this many, whose gradients are averaged (one optimiser step,
+    # one target update). Exact without batch statistics (GN + WS); with BN
+    # each micro-batch is normalised on its own. Schedules count optimiser steps.
+    config.training.accumulation_steps = 1
     config.training.max_steps = 300 * 1281167 // 4096
     config.training.warmup_steps = 10 * 1281167 // 4096
     config.training.base_learning_rate = 0.3
@@ -59,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.base_target_ema = 0.99
     # Learning-rate factor of the predictor's parameters (1 in the reference).
     config.training.predictor_lr_multiplier = 1.0
+    # SimCLR's NT-Xent temperature (method simclr only): 0.1, SimCLR's value
+    # for ImageNet (it used 0.5 on CIFAR-10).
+    config.training.temperature = 0.1
     config.training.log_every_steps = 100
     config.training.checkpoint_every_steps = 1000
     config.training.max_checkpoints_to_keep = 3

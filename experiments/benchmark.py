@@ -4,25 +4,33 @@ r"""How fast a config trains here: step, input pipeline, FLOP/s, memory, compile
         --config=configs/fashion_mnist.py:gn_ws --config.model.num_groups=8 \
         [--steps=20] [--windows=5] [--synthetic] [--json_out=bench.json]
 
-    # ResNet-50 at 224 px without ImageNet on disk:
+    # ResNet-50 at 224 px (ImageNet's config) without ImageNet on disk; the
+    # norm is bn or gn_ws, the compute dtype float32 or bfloat16:
     .venv/bin/python -m experiments.benchmark \
-        --config=configs/byol.py:epochs=300,norm=bn \
-        --config.training.batch_size=8 --synthetic --steps=4 --windows=2
+        --config=configs/byol.py:epochs=300,norm=gn_ws \
+        --config.model.compute_dtype=bfloat16 \
+        --config.training.batch_size=8 --synthetic --steps=2 --windows=2
+
+    # ResNet-18 at 128 px (Imagenette's config): --config=configs/imagenette.py:bn
+
+`make benchmark_resnets` runs those four-by-two combinations at small batches.
 
 Prints one table (and optionally writes it as JSON):
 
-* train step images/s: the compiled pmapped `ByolExperiment.update` on one
-  batch already on the devices, after compilation and warm-up; the median of
-  `--windows` timed windows, each ended by `block_until_ready`;
+* train step images/s, in all and per device: the compiled pmapped
+  `ByolExperiment.update` on one batch already on the devices, after
+  compilation and warm-up; the median of `--windows` timed windows, each
+  ended by `block_until_ready`;
 * input pipeline images/s: `byol.data.load` alone with the step's batch
   dimensions, then through `prefetch_to_device` (`--synthetic`: no host
   pipeline, only the transfer of a repeated random batch), and the whole loop
-  (load → prefetch → step) for comparison with the step alone;
+  (load → prefetch → step) for comparison with the step alone; the time of a
+  step split into device time and the loop's wait for input;
 * FLOPs of one step from XLA's cost analysis of the compiled step, and the
-  achieved FLOP/s; the machine's float32 matmul FLOP/s measured in the same run
-  and the step's fraction of it;
-* memory per device where the backend reports it (not on CPU), XLA's estimate
-  of the step's buffers, and the trace/compile times.
+  achieved FLOP/s per device; the machine's matmul FLOP/s, in the config's
+  compute dtype, measured in the same run, and the step's fraction of it;
+* memory per device where the backend reports it (peak bytes in use; not on
+  CPU), XLA's estimate of the step's buffers, and the trace/compile times.
 
 Timings on a shared CPU are noisy: the table shows the load average before and
 after, and each rate's spread over the windows.
@@ -196,16 +204,20 @@ def measure_pipeline(
     return dict(startup_s=startup, images_per_s=_summary(rates))
 
 
-def measure_matmul(size: int | None = None, windows: int = 5) -> dict[str, Any]:
-    """The machine's float32 matmul FLOP/s: one device alone, and all at once.
+def measure_matmul(
+    size: int | None = None, windows: int = 5, dtype: Any = jnp.float32
+) -> dict[str, Any]:
+    """The machine's matmul FLOP/s: one device alone, and all at once.
 
     Args:
         size: side of the square matrices (default 2048 on CPU, 8192 otherwise,
             enough to saturate the device).
         windows: timed windows (median reported); each lasts >= 0.2 s.
+        dtype: of the matrices (the step's compute dtype: GPUs and TPUs
+            multiply bfloat16 several times faster than float32).
 
     Returns:
-        ``{'size', 'single_device': FLOP/s of a jitted matmul on one device,
+        ``{'size', 'dtype', 'single_device': FLOP/s of a jitted matmul on one device,
         'total': FLOP/s of a pmapped matmul on every local device,
         'per_device': total / devices, 'total_windows': per-window totals,
         'total_per_cpu_s': FLOPs per second of process CPU time (pmapped)}``.
@@ -218,7 +230,7 @@ def measure_matmul(size: int | None = None, windows: int = 5) -> dict[str, Any]:
     if size is None:
         size = 2048 if devices[0].platform == "cpu" else 8192
     flops = 2.0 * size**3
-    x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
     xs = jax.device_put(
         np.broadcast_to(np.asarray(x), (len(devices), size, size)),
         data.device_sharding(devices),
@@ -241,6 +253,7 @@ def measure_matmul(size: int | None = None, windows: int = 5) -> dict[str, Any]:
     total, total_cpu = rate(jax.pmap(jnp.matmul), xs, flops * len(devices))
     return dict(
         size=size,
+        dtype=jnp.dtype(dtype).name,
         single_device=statistics.median(single),
         total=statistics.median(total),
         per_device=statistics.median(total) / len(devices),
@@ -427,7 +440,9 @@ def run_benchmark(
     flops = step_flops(compiled, num_devices)
     unoptimized_flops = step_flops(lowered, num_devices)
     achieved = flops * step_rate / batch_size
-    matmul = measure_matmul(matmul_size, windows=windows)
+    matmul = measure_matmul(
+        matmul_size, windows=windows, dtype=experiment.compute_dtype
+    )
     # Only the CPU backend computes on this process's threads.
     on_cpu = devices[0].platform == "cpu"
     step_cpu_rate = statistics.median(step_cpu_rates)
@@ -448,6 +463,8 @@ def run_benchmark(
             encoder=config.model.encoder,
             norm=config.model.norm,
             bn_init=bool(config.model.bn_init),
+            compute_dtype=experiment.compute_dtype.name,
+            accumulation_steps=experiment.accumulation_steps,
             num_groups=config.model.num_groups,
             image_size=config.data.image_size,
             batch_size=batch_size,
@@ -464,6 +481,7 @@ def run_benchmark(
         ),
         step=dict(
             images_per_s=_summary(step_rates),
+            images_per_s_per_device=step_rate / num_devices,
             seconds_per_step=batch_size / step_rate,
             # CPU backend: images per process CPU second x usable cores, an
             # estimate of the rate on an idle machine; share of the cores got.
@@ -476,6 +494,12 @@ def run_benchmark(
             train_loop_images_per_s=loop,
             prefetch_over_step=prefetched["images_per_s"]["median"] / step_rate,
             host_over_step=host["images_per_s"]["median"] / step_rate if host else None,
+            # A loop step = device time + the wait for input it does not hide.
+            input_wait_s_per_step=(
+                max(0.0, batch_size / loop["median"] - batch_size / step_rate)
+                if loop
+                else None
+            ),
         ),
         flops=dict(
             per_step=flops,
@@ -557,10 +581,19 @@ def format_table(
 
     norm = c["norm"] + (" (bn_init)" if c["bn_init"] else "")
     rows = [
-        ("config", f"{c['dataset']}, {c['encoder']}, {norm}, {c['image_size']} px"),
+        (
+            "config",
+            f"{c['dataset']}, {c['encoder']}, {norm}, {c['image_size']} px, "
+            f"{c['compute_dtype']}",
+        ),
         (
             "batch",
             f"{c['batch_size']} = {m['num_devices']} x {c['per_device_batch']}"
+            + (
+                f" in {c['accumulation_steps']} micro-batches"
+                if c["accumulation_steps"] > 1
+                else ""
+            )
             + ("  (synthetic)" if c["synthetic"] else ""),
         ),
         (
@@ -578,7 +611,8 @@ def format_table(
         (
             "train step",
             _rate(results["step"]["images_per_s"])
-            + f", {1e3 * results['step']['seconds_per_step']:.1f} ms/step",
+            + f", {s['images_per_s_per_device']:,.1f} img/s/device"
+            + f", {1e3 * s['seconds_per_step']:.1f} ms/step",
         ),
         *(
             [
@@ -602,6 +636,15 @@ def format_table(
         ),
         ("train loop (load+step)", _rate(p["train_loop_images_per_s"])),
         (
+            "  step time",
+            f"device {1e3 * s['seconds_per_step']:.1f} ms + input wait "
+            + (
+                f"{1e3 * p['input_wait_s_per_step']:.1f} ms"
+                if p["input_wait_s_per_step"] is not None
+                else "n/a (synthetic)"
+            ),
+        ),
+        (
             "pipeline / step",
             f"{p['prefetch_over_step']:.1f}x  "
             f"[{verdict(p['prefetch_over_step'], min_pipeline_ratio)}: "
@@ -619,7 +662,7 @@ def format_table(
             f"{_si(f['achieved_per_s_per_device'], 'FLOP/s')}/device",
         ),
         (
-            f"matmul f32 {mm['size']}^2",
+            f"matmul {mm['dtype']} {mm['size']}^2",
             f"{_si(mm['total'], 'FLOP/s')} total, "
             f"{_si(mm['per_device'], 'FLOP/s')}/device; "
             f"one device alone {_si(mm['single_device'], 'FLOP/s')}",

@@ -206,6 +206,100 @@ def test_update_scalars_are_sane(device_runs):
     np.testing.assert_allclose(first["tau"], 0.99, rtol=1e-6)
 
 
+# ------------------------------------ gradient accumulation, mixed precision
+def _variant(**overrides):
+    config = tiny_config("unused", warmup_steps=1, max_steps=10)
+    config.training.accumulation_steps = overrides.get("accumulation_steps", 1)
+    config.model.compute_dtype = overrides.get("compute_dtype", "float32")
+    exp = ByolExperiment(config, NUM_CLASSES)
+    exp.views = _index_keyed_views  # as in `device_runs`, whose run is float32's
+    return exp
+
+
+@pytest.fixture(scope="module")
+def variant_runs(device_runs):
+    """`device_runs`' 2-device steps again: in 2 micro-batches, and in bfloat16.
+
+    `float32` (from `device_runs`) takes each device's 8 examples in one pass,
+    `accumulated` in 2 micro-batches of 4, `bfloat16` computes in bfloat16.
+    """
+    host_state, state2, scalars2, _, _ = device_runs
+    devices = jax.devices()
+    experiments = dict(
+        accumulated=_variant(accumulation_steps=2),
+        bfloat16=_variant(compute_dtype="bfloat16"),
+    )
+    runs = {
+        name: _run(exp, _put(host_state, devices), _batches(STEPS), devices)
+        for name, exp in experiments.items()
+    }
+    runs["float32"] = (state2, scalars2)
+    return experiments, host_state, runs
+
+
+def test_accumulated_micro_batches_equal_one_batch_for_gn_ws(variant_runs):
+    experiments, host_state, runs = variant_runs
+    assert experiments["accumulated"].accumulation_steps == 2
+    (whole, whole_scalars), (accumulated, accumulated_scalars) = (
+        runs["float32"],
+        runs["accumulated"],
+    )
+    moved = jax.tree.map(
+        lambda a, b: np.max(np.abs(a[0] - b)),
+        accumulated.online_params,
+        host_state.online_params,
+    )
+    assert max(jax.tree.leaves(moved)) > 1e-4
+    # Parameters, target and optimiser state of one step per k micro-batches.
+    _assert_trees_close(
+        jax.tree.map(lambda x: x[0], accumulated), jax.tree.map(lambda x: x[0], whole)
+    )
+    # Schedules count optimiser steps, not micro-batches.
+    counts = [
+        int(x[0]) for x in jax.tree.leaves(accumulated.opt_state) if x.dtype.kind == "i"
+    ]
+    assert counts and all(c == STEPS for c in counts), counts
+    # Each micro-batch ran on its own: the collapse indicator, a statistic of
+    # the (global) batch, is that of 2 x 4 examples, not 2 x 8.
+    assert not np.isclose(
+        accumulated_scalars[0]["collapse"][0], whole_scalars[0]["collapse"][0]
+    )
+    # The losses are means over the micro-batches, i.e. over the whole batch.
+    for a, w in zip(accumulated_scalars, whole_scalars, strict=True):
+        for key in ("repr_loss", "classifier_loss", "top1", "learning_rate", "tau"):
+            np.testing.assert_allclose(a[key][0], w[key][0], rtol=1e-5, err_msg=key)
+
+
+def test_bfloat16_compute_stays_close_to_float32(variant_runs):
+    experiments, _, runs = variant_runs
+    (f32, f32_scalars), (bf16, bf16_scalars) = runs["float32"], runs["bfloat16"]
+    # Parameters, optimiser state and target stay float32.
+    assert {x.dtype for x in jax.tree.leaves(bf16)} <= {
+        np.dtype(np.float32),
+        np.dtype(np.int32),
+    }
+    losses = np.array(
+        [[s["loss"][0] for s in f32_scalars], [s["loss"][0] for s in bf16_scalars]]
+    )
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-2)
+    assert not np.array_equal(losses[1], losses[0])  # bfloat16 did round
+    # The convolutions themselves run in bfloat16.
+    batch = _split(_batches(1)[0], jax.device_count())
+    hlo = {
+        name: exp.update.lower(f32, 0, batch).as_text()
+        for name, exp in (
+            ("float32", _variant()),
+            ("bfloat16", experiments["bfloat16"]),
+        )
+    }
+    convs = {
+        name: [line for line in text.splitlines() if "convolution" in line]
+        for name, text in hlo.items()
+    }
+    assert convs["bfloat16"] and all("bf16" in line for line in convs["bfloat16"])
+    assert not any("bf16" in line for line in convs["float32"])
+
+
 # ------------------------------------------------- batch-independent forward
 def _norm_config(norm):
     """gn_ws / none presets, or every component with a per-channel affine."""

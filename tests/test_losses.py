@@ -140,3 +140,10 @@ def test_nt_xent_across_devices_equals_the_global_batch_loss():
     np.testing.assert_allclose(
         g2.reshape(n, D) / n_dev, g2_global, rtol=1e-4, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.1, float("nan"), float("inf")])
+def test_nt_xent_rejects_a_bad_temperature(temperature):
+    z = _random(18, 4, D)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        losses.nt_xent_loss(z, z, temperature)

@@ -241,6 +241,24 @@ def test_batch_independence(kind):
         np.testing.assert_allclose(out_a[0], out_b[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["bn", "gn", "ln", "affine"])
+def test_bfloat16_activations_are_normalised_in_float32(kind):
+    """bfloat16 in and out, with statistics and affine taken in float32."""
+    config = NormConfig(kind=kind, num_groups=4)
+    # A large mean: centring in bfloat16 would lose most of the signal.
+    x = jnp.asarray(X_MAP * 10 + 300, jnp.bfloat16)
+    net = _norm_net(config)
+    params, state = net.init(None, x.astype(jnp.float32))
+    params = _random_affine_params(params)
+    out, _ = net.apply(params, state, x)
+    expected, _ = net.apply(params, state, x.astype(jnp.float32))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        np.asarray(out, np.float32),
+        np.asarray(expected.astype(jnp.bfloat16), np.float32),
+    )
+
+
 # ------------------------------------------------------ weight standardisation
 
 
@@ -277,6 +295,16 @@ def test_standardize_weight_zero_mean_unit_variance(shape):
     np.testing.assert_allclose(flat.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(flat.var(axis=0), 1.0, rtol=1e-5)
     np.testing.assert_allclose(w_hat, _np_standardize(w, 1e-4)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_standardize_weight_of_bfloat16_computes_in_float32():
+    w = jnp.asarray(W_CONV + 5.0, jnp.bfloat16)  # an offset bfloat16 centring loses
+    w_hat = standardize_weight(w, 1e-4)
+    assert w_hat.dtype == jnp.bfloat16
+    expected = standardize_weight(w.astype(jnp.float32), 1e-4).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(
+        np.asarray(w_hat, np.float32), np.asarray(expected, np.float32)
+    )
 
 
 def test_standardize_weight_floor_protects_constant_kernels():
