@@ -435,8 +435,68 @@ def _record(run: Run, results: dict | None, error: str | None, seconds: float):
     }
 
 
+def _pretrain_child(config_dict: dict, workdir: str, replies) -> None:
+    """In a fresh process: one `byol.train.pretrain`; its outcome to `replies`."""
+    from byol import train  # noqa: PLC0415  (imports TensorFlow)
+
+    try:
+        results = train.pretrain(ml_collections.ConfigDict(config_dict), workdir)
+        replies.put(("done", results))
+    except FloatingPointError as failure:  # diverged: a result of the study
+        replies.put(("diverged", str(failure)))
+    except BaseException as error:  # noqa: BLE001  (reported by the parent)
+        replies.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def pretrain_isolated(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`byol.train.pretrain` in a child process, so runs share nothing.
+
+    One process for 30 runs failed at the 30th: every run's compiled XLA
+    programs stayed mapped, and LLVM ran out of memory maps. A child also
+    keeps a crash to its run (the study says which, and a re-run resumes it).
+
+    Args:
+        config: the run's config.
+        workdir: its work directory.
+
+    Returns:
+        ``pretrain``'s results.
+
+    Raises:
+        FloatingPointError: the run diverged (non-finite loss or gradient).
+        RuntimeError: the run failed otherwise, or its process died.
+    """
+    import multiprocessing  # noqa: PLC0415
+    import queue  # noqa: PLC0415
+
+    context = multiprocessing.get_context("spawn")  # no inherited JAX state
+    replies = context.Queue()
+    child = context.Process(
+        target=_pretrain_child, args=(config.to_dict(), workdir, replies)
+    )
+    child.start()
+    try:
+        while True:
+            try:
+                status, value = replies.get(timeout=5)
+                break
+            except queue.Empty:  # still running
+                if not child.is_alive():
+                    raise RuntimeError(
+                        f"the run in {workdir} died (exit code {child.exitcode}); "
+                        "run the study again to resume it"
+                    ) from None
+    finally:
+        child.join()
+    if status == "diverged":
+        raise FloatingPointError(value)
+    if status == "error":
+        raise RuntimeError(f"the run in {workdir} failed: {value}")
+    return value
+
+
 def execute(run: Run, out: str) -> dict:
-    """Trains and probes one run, or returns its cached record.
+    """Trains and probes one run (in a child process), or returns its record.
 
     Args:
         run: the run.
@@ -448,9 +508,8 @@ def execute(run: Run, out: str) -> dict:
 
     Raises:
         ValueError: the run's directory holds a run of another config.
+        RuntimeError: the run failed other than by diverging.
     """
-    from byol import train  # noqa: PLC0415  (imports TensorFlow)
-
     workdir = os.path.join(out, "runs", run.name)
     record_path = os.path.join(out, "runs", f"{run.name}.json")
     config_json = _config_json(run.config)
@@ -471,8 +530,8 @@ def execute(run: Run, out: str) -> dict:
     started = time.perf_counter()
     results, error = None, None
     try:
-        results = train.pretrain(run.config, workdir)
-    except FloatingPointError as failure:  # diverged: a result of the study
+        results = pretrain_isolated(run.config, workdir)
+    except FloatingPointError as failure:
         error = str(failure)
         print(f"[{run.name}] failed: {error}", flush=True)
     record = _record(run, results, error, time.perf_counter() - started)
@@ -805,6 +864,9 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as error:  # a run crashed; the finished ones are kept
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     paths = write_report(records, out, scale)
     with open(paths["markdown"]) as f:
         print("\n" + f.read())

@@ -27,7 +27,7 @@ from tests.fixtures import write_fake_fashion_mnist  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 SAVED_AT = 2  # the run's other checkpoint, resumed from
-TIMEOUT_S = 240
+TIMEOUT_S = 600  # a hang guard; ~90 s alone, slower beside other tests
 # tests/fixtures.py's tiny_config (GN+WS, width 1), as typed on a command line.
 OVERRIDES = (
     "--config=configs/fashion_mnist.py:gn_ws",

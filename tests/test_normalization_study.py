@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from byol import config_checks, train  # noqa: E402
+from byol import config_checks  # noqa: E402
 from experiments import normalization_study as study  # noqa: E402
 from tests.fixtures import tiny_config, write_fake_fashion_mnist  # noqa: E402
 
@@ -160,13 +160,13 @@ def test_table_rows_and_figure(tiny_study):
 def test_rerun_trains_nothing_and_rebuilds_a_lost_json(tiny_study, monkeypatch):
     runs, out, records, _ = tiny_study
     calls = []
-    pretrain = train.pretrain
+    pretrain = study.pretrain_isolated
 
     def counting_pretrain(config, workdir):
         calls.append(workdir)
         return pretrain(config, workdir)
 
-    monkeypatch.setattr(train, "pretrain", counting_pretrain)
+    monkeypatch.setattr(study, "pretrain_isolated", counting_pretrain)
     again = study.run_study(runs, out)
     assert calls == []
     assert [r["probe_top1"] for r in again] == [r["probe_top1"] for r in records]
@@ -176,6 +176,17 @@ def test_rerun_trains_nothing_and_rebuilds_a_lost_json(tiny_study, monkeypatch):
     again = study.run_study(runs, out)
     assert calls == [os.path.join(out, "runs", runs[0].name)]
     assert again[0]["probe_top1"] == records[0]["probe_top1"]
+
+
+def test_a_run_that_fails_in_its_process_is_reported_by_name(tiny_study, tmp_path):
+    runs, _, _, _ = tiny_study
+    config = runs[0].config.copy_and_resolve_references()
+    config.data.data_dir = str(tmp_path / "no_data")
+    workdir = str(tmp_path / "run")
+    with pytest.raises(
+        RuntimeError, match=r"the run in .*/run failed: .*fashion_mnist"
+    ):
+        study.pretrain_isolated(config, workdir)
 
 
 def test_a_run_directory_of_another_config_is_refused(tiny_study):
