@@ -93,6 +93,7 @@ _BN_MODEL = dict(
     projector_hidden_size=4096,
     projection_size=256,
     predictor_hidden_size=4096,
+    compute_dtype="float32",
 )
 
 
