@@ -434,18 +434,12 @@ class ByolExperiment:
             target_state=target_state,
             opt_state=opt_state,
         )
-        # One flag per step for the loop to read (byol.train.NonFiniteGuard):
-        # the same on every device, as it is computed from pmean-ed values.
-        # param_norm catches an update that overflows from finite gradients.
-        finite = jnp.isfinite(scalars["loss"])
-        finite &= jnp.isfinite(scalars["grad_norm"])
-        finite &= jnp.isfinite(scalars["param_norm"])
-        if self.config.training.get("skip_nonfinite_updates", False):
-            new_state = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old), new_state, state
-            )
-        scalars["finite"] = finite
-        return new_state, scalars
+        return guard_nonfinite(
+            new_state,
+            state,
+            scalars,
+            self.config.training.get("skip_nonfinite_updates", False),
+        )
 
     # --------------------------------------------------------------- features
     @functools.partial(jax.jit, static_argnums=0)
@@ -454,6 +448,33 @@ class ByolExperiment:
         x = augmentations.normalize(images)
         out, _ = self._apply(params, state, x, is_training=False)
         return out["embedding"]
+
+
+def guard_nonfinite(new_state, state, scalars: dict, skip: bool):
+    """Flags a non-finite step in ``scalars["finite"]``; with `skip`, undoes it.
+
+    The flag is for the loop to read (`byol.train.NonFiniteGuard`); it is the
+    same on every device, as it is computed from pmean-ed scalars.
+    ``param_norm`` catches an update that overflows from finite gradients.
+
+    Args:
+        new_state: the state after the step.
+        state: the state before it.
+        scalars: the step's pmean-ed scalars (``loss``, ``grad_norm``,
+            ``param_norm``); ``finite`` is added.
+        skip: keep `state` when the step is not finite.
+
+    Returns:
+        ``(state to keep, scalars)``.
+    """
+    finite = jnp.isfinite(scalars["loss"])
+    finite &= jnp.isfinite(scalars["grad_norm"])
+    finite &= jnp.isfinite(scalars["param_norm"])
+    if skip:
+        new_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_state, state
+        )
+    return new_state, {**scalars, "finite": finite}
 
 
 def local_replica(tree: Any) -> Any:

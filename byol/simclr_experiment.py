@@ -40,7 +40,6 @@ Choices (compared with the SimCLR paper and code):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -231,21 +230,13 @@ class SimclrExperiment:
         )
         scalars = jax.lax.pmean(scalars, axis_name=AXIS)
         new_state = SimclrState(online_params, online_state, opt_state)
-        # The loop's non-finite check (byol.train.NonFiniteGuard), as in BYOL.
-        finite = jnp.isfinite(scalars["loss"])
-        finite &= jnp.isfinite(scalars["grad_norm"])
-        finite &= jnp.isfinite(scalars["param_norm"])
-        if self.config.training.get("skip_nonfinite_updates", False):
-            new_state = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old), new_state, state
-            )
-        scalars["finite"] = finite
-        return new_state, scalars
+        return byol_experiment.guard_nonfinite(
+            new_state,
+            state,
+            scalars,
+            self.config.training.get("skip_nonfinite_updates", False),
+        )
 
-    # --------------------------------------------------------------- features
-    @functools.partial(jax.jit, static_argnums=0)
-    def embed(self, params: hk.Params, state: hk.State, images: jax.Array):
-        """Frozen-encoder features of uint8 images (inference mode, no crop)."""
-        x = augmentations.normalize(images)
-        out, _ = self._apply(params, state, x, is_training=False)
-        return out["embedding"]
+    # Frozen-encoder features: BYOL's, which read only `forward` and
+    # `compute_dtype` (through `_apply`).
+    embed = byol_experiment.ByolExperiment.embed
