@@ -92,6 +92,11 @@ class MetricsLog:
             self._writer.add_scalar(key, float(value), int(step))
         self._writer.flush()
 
+    def close(self) -> None:
+        """Closes the TensorBoard writer (its thread fails at exit otherwise)."""
+        if self._enabled:
+            self._writer.close()
+
 
 def plot_training(history: list[Mapping[str, float]], path: str, title: str) -> None:
     """Saves a PNG with the loss, collapse indicator and probe accuracy by step."""

@@ -322,6 +322,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         config, embed_fn(), info.num_classes, config.evaluation.probe_max_train_examples
     )
     metrics.write(training.max_steps, {"probe_top1": result.top1})
+    metrics.close()
     results = {
         "mode": "pretrain",
         "steps": training.max_steps,
