@@ -163,78 +163,53 @@ def _top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.sum(hits & valid) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def _classifier_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    # Unlabelled examples (label -1, e.g. STL-10's unlabelled split) are skipped.
+def classifier_scalars(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """The online classifier's loss, top-1 and top-5 (unlabelled examples skipped).
+
+    Unlabelled examples (label -1, e.g. STL-10's unlabelled split) count in
+    neither the loss nor the accuracies.
+    """
     valid = labels >= 0
     xent = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.where(valid, labels, 0)
     )
-    return jnp.sum(xent * valid) / jnp.maximum(jnp.sum(valid), 1)
+    return dict(
+        classifier_loss=jnp.sum(xent * valid) / jnp.maximum(jnp.sum(valid), 1),
+        top1=_top_k_accuracy(logits, labels, 1),
+        top5=_top_k_accuracy(logits, labels, 5),
+    )
 
 
-class ByolExperiment:
-    """BYOL (or BYOL without batch statistics) as pure, pmapped functions.
+class PretrainExperiment:
+    """What BYOL and SimCLR share: network, LARS and its schedule, views, pmaps.
 
-    Example:
-        >>> exp = ByolExperiment(config, num_classes=10)            # doctest: +SKIP
-        >>> state = exp.init(jax.random.key(0), first_batch)        # doctest: +SKIP
-        >>> state, scalars = exp.update(state, step, batch)         # doctest: +SKIP
+    Subclasses define `_init(rng, batch)` and `_update(state, step, batch)`
+    (one replica's functions); this class pmaps them as `init` and `update`.
     """
 
     def __init__(
         self,
         config: ml_collections.ConfigDict,
         num_classes: int,
-        devices: Sequence[jax.Device] | None = None,
+        devices: Sequence[jax.Device] | None,
+        norms: networks.NetworkNorms,
+        with_predictor: bool,
     ):
-        """Builds the network, optimiser and schedules from a config.
-
-        Args:
-            config: a full config (see configs/common.py).
-            num_classes: classes of the online linear classifier.
-            devices: the devices `init` and `update` run on (default: every
-                local device); the leading axis of their inputs is this long.
-        """
         self.config = config
         model, training = config.model, config.training
-        self.norms = network_norms(model)
-        if model.bn_init:
-            if any(n.kind != "bn" for n in self.norms):
-                raise ValueError(
-                    "model.bn_init needs BN in every component (model.norm='bn' "
-                    "and no per-component override)"
-                )
-            self._bn_forward = make_forward(model, self.norms, num_classes)
-            self.norms = bn_init.to_affine(self.norms)
-        self.forward = make_forward(model, self.norms, num_classes)
-        # Without batch statistics an example's output does not depend on the
-        # rest of its batch, so both views can share one forward pass.
-        self.batch_independent = all(n.kind != "bn" for n in self.norms)
+        self.norms = norms
+        self.forward = make_forward(model, norms, num_classes, with_predictor)
+        # float32 | bfloat16 (`byol.precision`).
         self.compute_dtype = jnp.dtype(model.get("compute_dtype", "float32"))
-        self.accumulation_steps = training.get("accumulation_steps", 1)
-
         self.lr_schedule = schedules.learning_rate_schedule(
             training.base_learning_rate,
             training.batch_size,
             training.max_steps,
             training.warmup_steps,
         )
-        self.tau_schedule = schedules.target_ema_schedule(
-            training.base_target_ema, training.max_steps
-        )
         self.optimizer = optimizers.lars(
             self.lr_schedule, weight_decay=training.weight_decay
         )
-        if training.predictor_lr_multiplier != 1.0:
-            # A faster predictor keeps it near its optimum for the current
-            # projector, which Tian et al. (2021) found prevents collapse in
-            # BYOL without batch statistics.
-            self.optimizer = optax.chain(
-                self.optimizer,
-                optax.masked(
-                    optax.scale(training.predictor_lr_multiplier), _predictor_mask
-                ),
-            )
         crop_area = (config.data.get("min_crop_area", 0.08), 1.0)
         self.view_configs = tuple(
             dataclasses.replace(view, crop_area_range=crop_area)
@@ -279,6 +254,107 @@ class ByolExperiment:
             )
         return augmentations.normalize(view1), augmentations.normalize(view2)
 
+    def _step_views(self, step: jax.Array, batch: dict[str, jax.Array]):
+        # The key is a function of (seed, step, device): resuming at a step
+        # replays exactly the augmentations an uninterrupted run would draw.
+        rng = jax.random.fold_in(self._base_key, step)
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+        return self.views(rng, batch)
+
+    # ----------------------------------------------------------------- update
+    def _apply(self, params, state, images, is_training=True):
+        return precision.apply(
+            self.forward, self.compute_dtype, params, state, images, is_training
+        )
+
+    def _optimizer_step(self, grads, params, opt_state, step, scalars):
+        """pmean-ed grads → LARS → new params and optimiser state; the scalars.
+
+        ``scalars`` (this device's loss terms and accuracies) gain the total
+        loss, learning rate and norms, and are averaged over devices.
+        """
+        grads = jax.lax.pmean(grads, axis_name=AXIS)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        scalars = dict(
+            scalars,
+            loss=scalars["repr_loss"] + scalars["classifier_loss"],
+            learning_rate=self.lr_schedule(step),
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
+            update_norm=optax.tree.norm(updates),
+        )
+        return params, opt_state, jax.lax.pmean(scalars, axis_name=AXIS)
+
+    def _guard(self, new_state, state, scalars):
+        return guard_nonfinite(
+            new_state,
+            state,
+            scalars,
+            self.config.training.get("skip_nonfinite_updates", False),
+        )
+
+    # --------------------------------------------------------------- features
+    @functools.partial(jax.jit, static_argnums=0)
+    def embed(self, params: hk.Params, state: hk.State, images: jax.Array):
+        """Frozen-encoder features of uint8 images (inference mode, no crop)."""
+        x = augmentations.normalize(images)
+        out, _ = self._apply(params, state, x, is_training=False)
+        return out["embedding"]
+
+
+class ByolExperiment(PretrainExperiment):
+    """BYOL (or BYOL without batch statistics) as pure, pmapped functions.
+
+    Example:
+        >>> exp = ByolExperiment(config, num_classes=10)            # doctest: +SKIP
+        >>> state = exp.init(jax.random.key(0), first_batch)        # doctest: +SKIP
+        >>> state, scalars = exp.update(state, step, batch)         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        num_classes: int,
+        devices: Sequence[jax.Device] | None = None,
+    ):
+        """Builds the network, optimiser and schedules from a config.
+
+        Args:
+            config: a full config (see configs/common.py).
+            num_classes: classes of the online linear classifier.
+            devices: the devices `init` and `update` run on (default: every
+                local device); the leading axis of their inputs is this long.
+        """
+        model, training = config.model, config.training
+        norms = network_norms(model)
+        if model.bn_init:
+            if any(n.kind != "bn" for n in norms):
+                raise ValueError(
+                    "model.bn_init needs BN in every component (model.norm='bn' "
+                    "and no per-component override)"
+                )
+            self._bn_forward = make_forward(model, norms, num_classes)
+            norms = bn_init.to_affine(norms)
+        super().__init__(config, num_classes, devices, norms, with_predictor=True)
+        # Without batch statistics an example's output does not depend on the
+        # rest of its batch, so both views can share one forward pass.
+        self.batch_independent = all(n.kind != "bn" for n in self.norms)
+        self.accumulation_steps = training.get("accumulation_steps", 1)
+        self.tau_schedule = schedules.target_ema_schedule(
+            training.base_target_ema, training.max_steps
+        )
+        if training.predictor_lr_multiplier != 1.0:
+            # A faster predictor keeps it near its optimum for the current
+            # projector, which Tian et al. (2021) found prevents collapse in
+            # BYOL without batch statistics.
+            self.optimizer = optax.chain(
+                self.optimizer,
+                optax.masked(
+                    optax.scale(training.predictor_lr_multiplier), _predictor_mask
+                ),
+            )
+
     # ------------------------------------------------------------------- init
     def _init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
         online_rng, target_rng, view_rng = jax.random.split(rng, 3)
@@ -310,11 +386,6 @@ class ByolExperiment:
         )
 
     # ----------------------------------------------------------------- update
-    def _apply(self, params, state, images, is_training=True):
-        return precision.apply(
-            self.forward, self.compute_dtype, params, state, images, is_training
-        )
-
     def _two_view_forward(self, params, state, view1, view2):
         if self.batch_independent:
             both, state = self._apply(params, state, jnp.concatenate([view1, view2]))
@@ -334,19 +405,16 @@ class ByolExperiment:
         repr_loss = losses.byol_loss(
             out1["prediction"], out2["prediction"], target1, target2
         )
-        classifier_loss = _classifier_loss(out1["logits"], labels)
         scalars = dict(
+            classifier_scalars(out1["logits"], labels),
             repr_loss=repr_loss,
-            classifier_loss=classifier_loss,
-            top1=_top_k_accuracy(out1["logits"], labels, 1),
-            top5=_top_k_accuracy(out1["logits"], labels, 5),
             # Over the global batch: a per-device std would shrink with the
             # per-device batch, so the value would depend on the device count.
             collapse=collapse_indicator(
                 jax.lax.all_gather(out1["projection"], AXIS, tiled=True)
             ),
         )
-        return repr_loss + classifier_loss, (online_state, scalars)
+        return repr_loss + scalars["classifier_loss"], (online_state, scalars)
 
     def _grads(self, state: TrainState, online_state, target_state, micro_batch):
         """Gradients and scalars of one micro-batch; the new network states."""
@@ -390,13 +458,9 @@ class ByolExperiment:
         return grads, online_state, target_state, scalars
 
     def _update(self, state: TrainState, step: jax.Array, batch: dict[str, jax.Array]):
-        # The key is a function of (seed, step, device): resuming at a step
-        # replays exactly the augmentations an uninterrupted run would draw.
-        rng = jax.random.fold_in(self._base_key, step)
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
         # Augmented before the split, so every example gets the same views
         # whatever the number of micro-batches.
-        view1, view2 = self.views(rng, batch)
+        view1, view2 = self._step_views(step, batch)
         k = self.accumulation_steps
         if k == 1:
             # No scan: XLA:CPU ran the step inside a one-trip loop 8x slower.
@@ -410,44 +474,18 @@ class ByolExperiment:
             grads, online_state, target_state, scalars = self._accumulated_grads(
                 state, (view1, view2, batch["labels"])
             )
-        grads = jax.lax.pmean(grads, axis_name=AXIS)
-        updates, opt_state = self.optimizer.update(
-            grads, state.opt_state, state.online_params
-        )
-        online_params = optax.apply_updates(state.online_params, updates)
         tau = self.tau_schedule(step)
-        target_params = update_target(online_params, state.target_params, tau)
-
-        scalars.update(
-            loss=scalars["repr_loss"] + scalars["classifier_loss"],
-            tau=tau,
-            learning_rate=self.lr_schedule(step),
-            grad_norm=optax.tree.norm(grads),
-            param_norm=optax.tree.norm(online_params),
-            update_norm=optax.tree.norm(updates),
+        online_params, opt_state, scalars = self._optimizer_step(
+            grads, state.online_params, state.opt_state, step, dict(scalars, tau=tau)
         )
-        scalars = jax.lax.pmean(scalars, axis_name=AXIS)
         new_state = TrainState(
             online_params=online_params,
             online_state=online_state,
-            target_params=target_params,
+            target_params=update_target(online_params, state.target_params, tau),
             target_state=target_state,
             opt_state=opt_state,
         )
-        return guard_nonfinite(
-            new_state,
-            state,
-            scalars,
-            self.config.training.get("skip_nonfinite_updates", False),
-        )
-
-    # --------------------------------------------------------------- features
-    @functools.partial(jax.jit, static_argnums=0)
-    def embed(self, params: hk.Params, state: hk.State, images: jax.Array):
-        """Frozen-encoder features of uint8 images (inference mode, no crop)."""
-        x = augmentations.normalize(images)
-        out, _ = self._apply(params, state, x, is_training=False)
-        return out["embedding"]
+        return self._guard(new_state, state, scalars)
 
 
 def guard_nonfinite(new_state, state, scalars: dict, skip: bool):

@@ -37,6 +37,9 @@ _ARCHITECTURE_FIELDS = (
     "model.projection_size",
     "model.predictor_hidden_size",
 )
+# Architecture fields added after the first release, with the value that a
+# config.json written before them meant.
+_LATER_FIELD_DEFAULTS = {"method": "byol"}
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -144,11 +147,6 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     area = config.data.get("min_crop_area", 0.08)
     if not _is_number(area) or not 0 < area <= 1:
         raise ValueError(f"data.min_crop_area must be in (0, 1], got {area!r}")
-    temperature = training.get("temperature", 0.1)
-    if not _is_number(temperature) or not 0 < temperature < math.inf:
-        raise ValueError(
-            f"training.temperature must be a finite number > 0, got {temperature!r}"
-        )
     multiplier = training.get("predictor_lr_multiplier", 1.0)
     if not _is_number(multiplier) or not 0 < multiplier < math.inf:
         raise ValueError(
@@ -184,18 +182,9 @@ def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"method {method!r} unknown; expected one of: " + ", ".join(METHODS)
         )
+    if method == "simclr":
+        check_simclr_fields(config)
     model, training = config.model, config.training
-    if method == "simclr" and model.bn_init:
-        raise ValueError(
-            "model.bn_init is implemented for method 'byol' only; use "
-            "model.bn_init=False with method 'simclr'"
-        )
-    if method == "simclr" and training.get("accumulation_steps", 1) != 1:
-        raise ValueError(
-            "training.accumulation_steps must be 1 with method 'simclr' "
-            "(NT-Xent's negatives span the whole batch), got "
-            f"{training.accumulation_steps!r}"
-        )
     dataset = config.data.dataset
     if not (
         dataset.startswith(catalog.IMAGE_FOLDER_PREFIX)
@@ -266,6 +255,31 @@ def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
     _check_accumulation(training, per_device_batch(training.batch_size))
 
 
+def check_simclr_fields(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for a field that method 'simclr' cannot honour.
+
+    The temperature must be a finite number > 0; `model.bn_init` is BYOL's
+    only; gradient accumulation would shrink NT-Xent's negatives, which span
+    the whole batch.
+    """
+    temperature = config.training.get("temperature", 0.1)
+    if not _is_number(temperature) or not 0 < temperature < math.inf:
+        raise ValueError(
+            f"training.temperature must be a finite number > 0, got {temperature!r}"
+        )
+    if config.model.bn_init:
+        raise ValueError(
+            "model.bn_init is implemented for method 'byol' only; use "
+            "model.bn_init=False with method 'simclr'"
+        )
+    if config.training.get("accumulation_steps", 1) != 1:
+        raise ValueError(
+            "training.accumulation_steps must be 1 with method 'simclr' "
+            "(NT-Xent's negatives span the whole batch), got "
+            f"{config.training.accumulation_steps!r}"
+        )
+
+
 def _check_accumulation(training: ml_collections.ConfigDict, per_device: int) -> None:
     """The micro-batch count is a positive divisor of the per-device batch."""
     steps = training.get("accumulation_steps", 1)
@@ -300,16 +314,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
             differ from `config` (its checkpoints could not be restored).
     """
     path = os.path.join(workdir, "config.json")
-    current = {f: _get(config, f) for f in _ARCHITECTURE_FIELDS if f != "method"}
-    current["method"] = config.get("method", "byol")
+    current = {f: _get_dict(config.to_dict(), f) for f in _ARCHITECTURE_FIELDS}
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        saved_fields = {
-            field: _get_dict(saved, field) for field in _ARCHITECTURE_FIELDS
-        }
-        if saved_fields["method"] is None:  # written before SimCLR existed
-            saved_fields["method"] = "byol"
+        saved_fields = {f: _get_dict(saved, f) for f in _ARCHITECTURE_FIELDS}
         diff = [f for f in _ARCHITECTURE_FIELDS if saved_fields[f] != current[f]]
         if diff and os.path.isdir(os.path.join(workdir, "checkpoints")):
             field = diff[0]
@@ -327,6 +336,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def _get_dict(tree: dict, dotted: str):
+    """`tree`'s value at `dotted`, or the default of a field added later."""
     for key in dotted.split("."):
         tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
+    return _LATER_FIELD_DEFAULTS.get(dotted) if tree is None else tree

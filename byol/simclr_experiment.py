@@ -39,7 +39,6 @@ Choices (compared with the SimCLR paper and code):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -49,14 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from byol import (
-    augmentations,
-    byol_experiment,
-    losses,
-    optimizers,
-    precision,
-    schedules,
-)
+from byol import byol_experiment, config_checks, losses
 from byol.byol_experiment import AXIS
 
 
@@ -72,7 +64,7 @@ class SimclrState(NamedTuple):
     opt_state: optax.OptState
 
 
-class SimclrExperiment:
+class SimclrExperiment(byol_experiment.PretrainExperiment):
     """SimCLR with an encoder + projector, as pure, pmapped functions.
 
     The same interface as `byol_experiment.ByolExperiment` (`init`, `update`,
@@ -100,74 +92,17 @@ class SimclrExperiment:
                 local device); the leading axis of their inputs is this long.
 
         Raises:
-            ValueError: a temperature that is not a finite number > 0,
-                `model.bn_init` (implemented for BYOL only), or gradient
-                accumulation (`training.accumulation_steps` > 1: NT-Xent's
-                negatives span the whole batch, so micro-batches would
-                change the loss).
+            ValueError: a field SimCLR cannot honour
+                (`config_checks.check_simclr_fields`).
         """
-        self.config = config
-        model, training = config.model, config.training
-        self.temperature = training.get("temperature", 0.1)
-        if not (
-            isinstance(self.temperature, (int, float))
-            and not isinstance(self.temperature, bool)
-            and 0 < self.temperature < float("inf")
-        ):
-            raise ValueError(
-                "training.temperature must be a finite number > 0, got "
-                f"{self.temperature!r}"
-            )
-        if model.bn_init:
-            raise ValueError(
-                "model.bn_init is implemented for method 'byol' only; use "
-                "model.bn_init=False with method 'simclr'"
-            )
-        if training.get("accumulation_steps", 1) != 1:
-            raise ValueError(
-                "training.accumulation_steps must be 1 with method 'simclr' "
-                "(NT-Xent's negatives span the whole batch), got "
-                f"{training.accumulation_steps!r}"
-            )
-        self.norms = byol_experiment.network_norms(model)
-        # float32 | bfloat16 (`byol.precision`), as for BYOL.
-        self.compute_dtype = jnp.dtype(model.get("compute_dtype", "float32"))
-        self.forward = byol_experiment.make_forward(
-            model, self.norms, num_classes, with_predictor=False
-        )
-        self.lr_schedule = schedules.learning_rate_schedule(
-            training.base_learning_rate,
-            training.batch_size,
-            training.max_steps,
-            training.warmup_steps,
-        )
-        self.optimizer = optimizers.lars(
-            self.lr_schedule, weight_decay=training.weight_decay
-        )
-        crop_area = (config.data.get("min_crop_area", 0.08), 1.0)
-        self.view_configs = tuple(
-            dataclasses.replace(view, crop_area_range=crop_area)
-            for view in (augmentations.VIEW1, augmentations.VIEW2)
-        )
-        self._base_key = jax.random.key(config.seed)
-        self.init = jax.pmap(
-            self._init, axis_name=AXIS, in_axes=(None, 0), devices=devices
-        )
-        self.update = jax.pmap(
-            self._update,
-            axis_name=AXIS,
-            in_axes=(0, None, 0),
-            donate_argnums=(0,),
-            devices=devices,
-        )
-
-    # BYOL's two augmented views: it reads only `config` and `view_configs`,
-    # which this class has too.
-    views = byol_experiment.ByolExperiment.views
-
-    def _apply(self, params, state, images, is_training=True):
-        return precision.apply(
-            self.forward, self.compute_dtype, params, state, images, is_training
+        config_checks.check_simclr_fields(config)
+        self.temperature = config.training.get("temperature", 0.1)
+        super().__init__(
+            config,
+            num_classes,
+            devices,
+            byol_experiment.network_norms(config.model),
+            with_predictor=False,
         )
 
     # ------------------------------------------------------------------- init
@@ -188,27 +123,19 @@ class SimclrExperiment:
         z1, z2 = both["projection"][:n], both["projection"][n:]
         # This device's anchors against the views of every device.
         repr_loss = losses.nt_xent_loss(z1, z2, self.temperature, axis_name=AXIS)
-        logits = both["logits"][:n]
-        classifier_loss = byol_experiment._classifier_loss(logits, labels)
         scalars = dict(
+            byol_experiment.classifier_scalars(both["logits"][:n], labels),
             repr_loss=repr_loss,
-            classifier_loss=classifier_loss,
-            top1=byol_experiment._top_k_accuracy(logits, labels, 1),
-            top5=byol_experiment._top_k_accuracy(logits, labels, 5),
             collapse=byol_experiment.collapse_indicator(
                 jax.lax.all_gather(z1, AXIS, tiled=True)
             ),
         )
-        return repr_loss + classifier_loss, (state, scalars)
+        return repr_loss + scalars["classifier_loss"], (state, scalars)
 
     def _update(
         self, state: SimclrState, step: jax.Array, batch: dict[str, jax.Array]
     ) -> tuple[SimclrState, dict[str, jax.Array]]:
-        # The key is a function of (seed, step, device), as in BYOL: a resumed
-        # run replays the augmentations of an uninterrupted one.
-        rng = jax.random.fold_in(self._base_key, step)
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
-        view1, view2 = self.views(rng, batch)
+        view1, view2 = self._step_views(step, batch)
         grad_fn = jax.grad(self._loss, has_aux=True)
         grads, (online_state, scalars) = grad_fn(
             state.online_params, state.online_state, view1, view2, batch["labels"]
@@ -216,27 +143,8 @@ class SimclrExperiment:
         # Each device's gradient flows back through the all_gather into every
         # device's projections; their mean is the gradient of the global loss
         # (see `losses.nt_xent_loss`).
-        grads = jax.lax.pmean(grads, axis_name=AXIS)
-        updates, opt_state = self.optimizer.update(
-            grads, state.opt_state, state.online_params
+        online_params, opt_state, scalars = self._optimizer_step(
+            grads, state.online_params, state.opt_state, step, scalars
         )
-        online_params = optax.apply_updates(state.online_params, updates)
-        scalars.update(
-            loss=scalars["repr_loss"] + scalars["classifier_loss"],
-            learning_rate=self.lr_schedule(step),
-            grad_norm=optax.tree.norm(grads),
-            param_norm=optax.tree.norm(online_params),
-            update_norm=optax.tree.norm(updates),
-        )
-        scalars = jax.lax.pmean(scalars, axis_name=AXIS)
         new_state = SimclrState(online_params, online_state, opt_state)
-        return byol_experiment.guard_nonfinite(
-            new_state,
-            state,
-            scalars,
-            self.config.training.get("skip_nonfinite_updates", False),
-        )
-
-    # Frozen-encoder features: BYOL's, which read only `forward` and
-    # `compute_dtype` (through `_apply`).
-    embed = byol_experiment.ByolExperiment.embed
+        return self._guard(new_state, state, scalars)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -66,9 +67,15 @@ def make_experiment(config: ml_collections.ConfigDict, num_classes: int):
     )
 
 
-def replicate(tree: Any) -> Any:
-    """Copies a host pytree onto every local device, ready for the pmapped step."""
-    devices = jax.local_devices()
+def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+    """Copies a host pytree onto each device, ready for the pmapped step.
+
+    Args:
+        tree: host arrays.
+        devices: the devices of the pmapped step (default: every local one);
+            the copies get a leading axis this long.
+    """
+    devices = list(devices) if devices is not None else jax.local_devices()
     # The layout of pmap's own outputs (jax.sharding.PmapSharding is gone in
     # JAX 0.10). A mesh axis named otherwise would make the first step after a
     # resume compile the update twice (once for this layout, once for pmap's).

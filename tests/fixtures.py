@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny fake Fashion-MNIST and tiny training configs."""
+"""Shared test helpers: a tiny fake Fashion-MNIST, tiny configs, child runs."""
 
 import gzip
 import os
@@ -76,3 +76,63 @@ def tiny_config(data_dir, norm="gn_ws", **training):
     config.evaluation.probe_every_steps = 0
     config.evaluation.probe_max_train_examples = 200
     return config
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_cli_flags(max_steps, checkpoint_every_steps, max_checkpoints_to_keep):
+    """`tiny_config`'s fields as `python -m byol.main` flags (GN+WS), `--config` first.
+
+    More `--config.*` overrides may follow them, not precede them.
+    """
+    return (
+        "--config=configs/fashion_mnist.py:gn_ws",
+        "--config.data.num_threads=1",
+        "--config.data.val_size=50",
+        "--config.model.width_multiplier=1",
+        "--config.model.num_groups=4",
+        "--config.model.projector_hidden_size=32",
+        "--config.model.projection_size=16",
+        "--config.model.predictor_hidden_size=32",
+        "--config.training.batch_size=16",
+        f"--config.training.max_steps={max_steps}",
+        "--config.training.warmup_steps=1",
+        "--config.training.base_target_ema=0.99",
+        "--config.training.log_every_steps=1",
+        f"--config.training.checkpoint_every_steps={checkpoint_every_steps}",
+        f"--config.training.max_checkpoints_to_keep={max_checkpoints_to_keep}",
+        "--config.evaluation.probe_every_steps=0",
+        "--config.evaluation.probe_max_train_examples=200",
+    )
+
+
+def child_env(cache_dir, **variables):
+    """The environment of a `byol.main` child process started from the repo.
+
+    Its output is unbuffered (logs survive a kill) and compiled programs are
+    shared through a persistent XLA cache in `cache_dir`, so only the first
+    child pays for compiling.
+    """
+    return dict(
+        os.environ,
+        PYTHONPATH=REPO,
+        PYTHONUNBUFFERED="1",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+        **variables,
+    )
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def checkpointed_state(workdir, step):
+    """The training state saved at `step` in `workdir`, as host arrays."""
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    return ocp.PyTreeCheckpointer().restore(path)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from byol import augmentations, byol_experiment
+from byol import augmentations, byol_experiment, train
 from byol.byol_experiment import AXIS, ByolExperiment
 from byol.normalization import NormConfig
 from tests.fixtures import tiny_config
@@ -98,23 +98,6 @@ def _split(batch, devices):
     return jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
 
 
-def _put(tree, devices):
-    """Copies a host pytree onto each of `devices` (leading axis = devices).
-
-    Laid out as pmap lays out its outputs (a mesh axis named AXIS): with any
-    other axis name the next `update` call would compile again.
-    """
-    sharding = jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.sharding.PartitionSpec(AXIS)
-    )
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
-
-    return jax.tree.map(put, tree)
-
-
 def _run(experiment, state, batches, devices):
     scalars = []
     for step, batch in enumerate(batches):
@@ -135,8 +118,8 @@ def device_runs():
         exp.views = _index_keyed_views
     batches = _batches(STEPS)
     host_state = _random_state(exp2, jnp.zeros((BATCH, 28, 28, 1), jnp.float32))
-    state2, scalars2 = _run(exp2, _put(host_state, two), batches, two)
-    state1, scalars1 = _run(exp1, _put(host_state, one), batches, one)
+    state2, scalars2 = _run(exp2, train.replicate(host_state, two), batches, two)
+    state1, scalars1 = _run(exp1, train.replicate(host_state, one), batches, one)
     return host_state, state2, scalars2, state1, scalars1
 
 
@@ -230,7 +213,7 @@ def variant_runs(device_runs):
         bfloat16=_variant(compute_dtype="bfloat16"),
     )
     runs = {
-        name: _run(exp, _put(host_state, devices), _batches(STEPS), devices)
+        name: _run(exp, train.replicate(host_state, devices), _batches(STEPS), devices)
         for name, exp in experiments.items()
     }
     runs["float32"] = (state2, scalars2)

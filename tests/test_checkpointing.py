@@ -207,6 +207,15 @@ def test_checkpoint_of_another_structure_is_not_taken_for_corrupt(tmp_path):
     ckpt.close()
 
 
+def _assert_latest_is_step_1(directory):
+    """A new Checkpointer on `directory` restores the state saved at step 1."""
+    reopened = checkpointing.Checkpointer(str(directory), max_to_keep=1)
+    restored = reopened.restore_latest(_state(0))
+    assert restored.step == 1
+    _assert_equal(restored.state, _state(1))
+    reopened.close()
+
+
 @pytest.mark.parametrize("failure", ["no space", "read-only"])
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
     ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
@@ -231,11 +240,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failu
     )
     monkeypatch.undo()
     ckpt.close()
-    reopened = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
-    restored = reopened.restore_latest(_state(0))
-    assert restored.step == 1
-    _assert_equal(restored.state, _state(1))
-    reopened.close()
+    _assert_latest_is_step_1(tmp_path)
 
 
 def test_real_write_failure_is_one_line_and_keeps_the_previous(tmp_path):
@@ -256,8 +261,4 @@ def test_real_write_failure_is_one_line_and_keeps_the_previous(tmp_path):
         f"{os.strerror(errno.EFBIG)}; checkpoint 1 is intact"
     )
     ckpt.close()
-    reopened = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
-    restored = reopened.restore_latest(_state(0))
-    assert restored.step == 1
-    _assert_equal(restored.state, _state(1))
-    reopened.close()
+    _assert_latest_is_step_1(tmp_path)

@@ -19,35 +19,21 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 pytest.importorskip("tensorflow")
 
-from tests.fixtures import write_fake_fashion_mnist  # noqa: E402
+from tests.fixtures import (  # noqa: E402
+    REPO,
+    checkpointed_state,
+    child_env,
+    read_text,
+    tiny_cli_flags,
+    write_fake_fashion_mnist,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
-# The tiny config of tests/fixtures.py, as a user would type it.
-OVERRIDES = (
-    "--config.data.num_threads=1",
-    "--config.data.val_size=50",
-    "--config.model.width_multiplier=1",
-    "--config.model.width_multiplier=1",
-    "--config.model.num_groups=4",
-    "--config.model.projector_hidden_size=32",
-    "--config.model.projection_size=16",
-    "--config.model.predictor_hidden_size=32",
-    "--config.training.batch_size=16",
-    f"--config.training.max_steps={STEPS}",
-    "--config.training.warmup_steps=1",
-    "--config.training.log_every_steps=1",
-    "--config.training.checkpoint_every_steps=1",
-    "--config.training.max_checkpoints_to_keep=2",
-    "--config.evaluation.probe_every_steps=0",
-    "--config.evaluation.probe_max_train_examples=200",
-)
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +45,16 @@ def setup(tmp_path_factory):
     from byol import data  # noqa: PLC0415
 
     data.dataset_info("fashion_mnist", data_dir, val_size=50)  # builds it, once
-    env = dict(
-        os.environ,
-        PYTHONPATH=REPO,
-        PYTHONUNBUFFERED="1",
-        JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-    )
+    env = child_env(tmp / "xla_cache")
 
     def command(workdir):
         return [
             sys.executable,
             "-m",
             "byol.main",
-            "--config=configs/fashion_mnist.py:gn_ws",
             f"--workdir={workdir}",
+            *tiny_cli_flags(STEPS, checkpoint_every_steps=1, max_checkpoints_to_keep=2),
             f"--config.data.data_dir={data_dir}",
-            *OVERRIDES,
         ]
 
     return command, env, tmp
@@ -119,16 +97,6 @@ def _kill_when(process, ready, delay=0.0, timeout=240):
     return process.returncode == -signal.SIGKILL
 
 
-def _state(workdir, step=STEPS):
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    return ocp.PyTreeCheckpointer().restore(path)
-
-
-def _read(path):
-    with open(path) as f:
-        return f.read()
-
-
 def test_killed_and_restarted_run_equals_uninterrupted_run(setup):
     command, env, tmp = setup
     seed = int(os.environ.get("BYOL_KILL_SEED", time.time_ns() % 100_000))
@@ -169,12 +137,15 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(setup):
     # removed it and wrote that checkpoint again.
     assert any(kind == "write" and tmp_left for kind, _, tmp_left in kills), kills
     assert not _writing(workdir), _entries(workdir)
-    output = _read(tmp / "killed.log")
+    output = read_text(tmp / "killed.log")
     for _, step, _ in kills:
         if step:
             assert f"Resumed from step {step} in " in output, (step, context)
 
-    expected, got = _state(reference), _state(workdir)
+    expected, got = (
+        checkpointed_state(reference, STEPS),
+        checkpointed_state(workdir, STEPS),
+    )
     for (path, a), b in zip(
         jax.tree_util.tree_leaves_with_path(expected),
         jax.tree.leaves(got),
@@ -184,7 +155,7 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(setup):
             a, b, err_msg=f"{jax.tree_util.keystr(path)} {context}"
         )
     assert jax.tree.structure(expected) == jax.tree.structure(got)
-    assert _read(os.path.join(workdir, "metrics.jsonl")) == _read(
+    assert read_text(os.path.join(workdir, "metrics.jsonl")) == read_text(
         os.path.join(reference, "metrics.jsonl")
     )
     with open(os.path.join(reference, "results.json")) as f:

@@ -17,36 +17,24 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 pytest.importorskip("tensorflow")
 
-from tests.fixtures import write_fake_fashion_mnist  # noqa: E402
+from tests.fixtures import (  # noqa: E402
+    REPO,
+    checkpointed_state,
+    child_env,
+    read_text,
+    tiny_cli_flags,
+    write_fake_fashion_mnist,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 SAVED_AT = 2  # the run's other checkpoint, resumed from
 TIMEOUT_S = 600  # a hang guard; ~90 s alone, slower beside other tests
-# tests/fixtures.py's tiny_config (GN+WS, width 1), as typed on a command line.
-OVERRIDES = (
-    "--config=configs/fashion_mnist.py:gn_ws",
-    "--config.data.num_threads=1",
-    "--config.data.val_size=50",
-    "--config.model.width_multiplier=1",
-    "--config.model.num_groups=4",
-    "--config.model.projector_hidden_size=32",
-    "--config.model.projection_size=16",
-    "--config.model.predictor_hidden_size=32",
-    "--config.training.batch_size=16",
-    f"--config.training.max_steps={STEPS}",
-    "--config.training.warmup_steps=1",
-    "--config.training.base_target_ema=0.99",
-    "--config.training.log_every_steps=1",
-    f"--config.training.checkpoint_every_steps={SAVED_AT}",
-    "--config.training.max_checkpoints_to_keep=3",
-    "--config.evaluation.probe_every_steps=0",
-    "--config.evaluation.probe_max_train_examples=200",
+OVERRIDES = tiny_cli_flags(
+    STEPS, checkpoint_every_steps=SAVED_AT, max_checkpoints_to_keep=3
 )
 
 
@@ -57,15 +45,10 @@ def _free_port():
 
 
 def _env(tmp, devices):
-    return dict(
-        os.environ,
-        PYTHONPATH=REPO,
-        PYTHONUNBUFFERED="1",
+    # The resumed run loads what the first one compiled.
+    return child_env(
+        tmp / "xla_cache",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        # The resumed run loads what the first one compiled.
-        JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
     )
 
 
@@ -116,16 +99,6 @@ def _two_processes(workdir, common, tmp, name):
     return started
 
 
-def _read(path):
-    with open(path) as f:
-        return f.read()
-
-
-def _state(workdir, step=STEPS):
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    return ocp.PyTreeCheckpointer().restore(path)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
@@ -150,25 +123,25 @@ def runs(tmp_path_factory):
         )
     )
     codes = _wait(started)
-    logs = {name: _read(tmp / f"{name}.log") for name in ("run_0", "run_1")}
+    logs = {name: read_text(tmp / f"{name}.log") for name in ("run_0", "run_1")}
     assert codes == [0, 0, 0], (codes, tmp, logs)
-    first = _state(workdir)
-    results = json.loads(_read(workdir / "results.json"))
+    first = checkpointed_state(workdir, STEPS)
+    results = json.loads(read_text(workdir / "results.json"))
 
     # Killed after its checkpoint of step 2: the last one and the results gone.
     shutil.rmtree(workdir / "checkpoints" / str(STEPS))
     os.remove(workdir / "results.json")
     codes = _wait(_two_processes(workdir, common, tmp, "resumed"))
     logs.update(
-        {name: _read(tmp / f"{name}.log") for name in ("resumed_0", "resumed_1")}
+        {name: read_text(tmp / f"{name}.log") for name in ("resumed_0", "resumed_1")}
     )
     assert codes == [0, 0], (codes, tmp, logs)
     return dict(
         data_dir=data_dir,
         workdir=workdir,
         first=first,
-        resumed=_state(workdir),
-        reference=_state(reference),
+        resumed=checkpointed_state(workdir, STEPS),
+        reference=checkpointed_state(reference, STEPS),
         results=results,
         logs=logs,
     )
@@ -213,7 +186,9 @@ def test_only_process_0_reports(runs):
     assert f"step {STEPS}/{STEPS}" in logs["run_0"]
     for name in ("run_1", "resumed_1"):
         assert "step " not in logs[name] and "Resumed" not in logs[name], logs[name]
-    rows = [json.loads(line) for line in _read(workdir / "metrics.jsonl").splitlines()]
+    rows = [
+        json.loads(line) for line in read_text(workdir / "metrics.jsonl").splitlines()
+    ]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))
 
 

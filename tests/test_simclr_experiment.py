@@ -6,8 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from byol import augmentations, config_checks, losses, simclr_experiment
-from byol.byol_experiment import AXIS
+from byol import augmentations, config_checks, losses, simclr_experiment, train
 from tests.fixtures import tiny_config
 
 NUM_CLASSES = 10
@@ -56,19 +55,6 @@ def _random_params(forward, images, seed=0):
     return jax.tree.map(draw, shapes), {}
 
 
-def _put(tree, devices):
-    """Copies a host pytree onto every device, laid out as pmap's outputs."""
-    sharding = jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.sharding.PartitionSpec(AXIS)
-    )
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
-
-    return jax.tree.map(put, tree)
-
-
 def _assert_trees_close(actual, expected):
     paths = jax.tree_util.tree_leaves_with_path(actual)
     expected_leaves = jax.tree.leaves(expected)
@@ -97,7 +83,7 @@ def steps():
         params, state, jax.device_get(exp.optimizer.init(params))
     )
     batch = {"images": images.reshape(2, 8, 28, 28, 1), "labels": labels.reshape(2, 8)}
-    device_state, trace = _put(host, jax.devices()), []
+    device_state, trace = train.replicate(host, jax.devices()), []
     for step in range(7):
         device_state, scalars = exp.update(device_state, step, batch)
         trace.append((jax.device_get(device_state), jax.device_get(scalars)))
