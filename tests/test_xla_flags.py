@@ -1,0 +1,84 @@
+"""`byol.xla_flags.set_cpu_flags`: XLA's CPU flags, the user's winning."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from byol import xla_flags
+from tests.fixtures import REPO
+
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+KEEP = "--xla_disable_hlo_passes=cse_barrier_expander"
+TWO = "--xla_force_host_platform_device_count=2"
+
+
+@pytest.mark.parametrize(
+    "before, expected",
+    [
+        (None, f"{NO_YNN} {KEEP} {TWO}"),
+        (
+            "--xla_cpu_enable_fast_math=false",
+            f"--xla_cpu_enable_fast_math=false {NO_YNN} {KEEP} {TWO}",
+        ),
+        (
+            "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT",
+            "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT "
+            f"{KEEP} {TWO}",
+        ),
+        (
+            "--xla_disable_hlo_passes=cse",
+            f"--xla_disable_hlo_passes=cse {NO_YNN} {TWO}",
+        ),
+        (
+            "--xla_force_host_platform_device_count=4",
+            f"--xla_force_host_platform_device_count=4 {NO_YNN} {KEEP}",
+        ),
+    ],
+)
+def test_set_cpu_flags_adds_what_the_user_did_not_set(monkeypatch, before, expected):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    if before is None:
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
+    else:
+        monkeypatch.setenv("XLA_FLAGS", before)
+    xla_flags.set_cpu_flags(2)
+    assert os.environ["XLA_FLAGS"] == expected
+
+
+def test_barriers_are_kept_only_where_no_accelerator_can_run(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(xla_flags, "_ACCELERATOR_PACKAGES", ("pytest",))
+    xla_flags.set_cpu_flags(1)
+    assert KEEP not in os.environ["XLA_FLAGS"]
+
+
+_COMPILE_A_BLOCK = """
+from byol.xla_flags import set_cpu_flags
+set_cpu_flags(1)
+import haiku as hk, jax, jax.numpy as jnp
+from byol import networks
+from byol.normalization import NormConfig
+net = hk.transform_with_state(lambda x: networks.BlockV1(
+    8, 1, False, False, NormConfig(kind="gn", num_groups=2))(x, True).sum())
+x = jnp.ones((2, 8, 8, 8))
+params, state = net.init(jax.random.key(0), x)
+grad = jax.grad(lambda p: net.apply(p, state, None, x)[0])
+print(jax.jit(grad).lower(params).compile().as_text().count("opt-barrier"))
+"""
+
+
+def test_conv_inputs_stay_stored_through_compilation():
+    """The block's 2 conv inputs keep their barriers in XLA:CPU's program."""
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_A_BLOCK],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(out.stdout.split()[-1]) >= 2, out.stderr[-2000:]
