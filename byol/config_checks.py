@@ -314,7 +314,8 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
             differ from `config` (its checkpoints could not be restored).
     """
     path = os.path.join(workdir, "config.json")
-    current = {f: _get_dict(config.to_dict(), f) for f in _ARCHITECTURE_FIELDS}
+    config_dict = config.to_dict()
+    current = {f: _get_dict(config_dict, f) for f in _ARCHITECTURE_FIELDS}
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
@@ -331,7 +332,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         # Written aside and renamed: the other processes of a multi-process
         # run may be reading it.
         with open(path + ".tmp", "w") as f:
-            json.dump(config.to_dict(), f, indent=2)
+            json.dump(config_dict, f, indent=2)
         os.replace(path + ".tmp", path)
 
 

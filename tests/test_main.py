@@ -154,6 +154,23 @@ def test_workdir_with_checkpoints_of_another_config(tmp_path):
     assert "use a new --workdir" in message
 
 
+def test_workdir_of_a_run_from_before_simclr_counts_as_byol(tmp_path):
+    """A config.json without `method` was written by a BYOL run."""
+    workdir = str(tmp_path)
+    config = tiny_config("unused")
+    saved = config.to_dict()
+    del saved["method"]
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(saved, f)
+    os.makedirs(os.path.join(workdir, "checkpoints"))
+    config_checks.check_workdir(workdir, config)  # BYOL: resumable
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(saved, f)
+    config.method = "simclr"
+    with pytest.raises(ValueError, match="method was 'byol', now 'simclr'"):
+        config_checks.check_workdir(workdir, config)
+
+
 def test_workdir_without_checkpoints_takes_any_config(tmp_path):
     workdir = str(tmp_path)
     config_checks.check_workdir(workdir, tiny_config("unused"))
