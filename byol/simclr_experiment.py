@@ -85,11 +85,7 @@ class SimclrExperiment(byol_experiment.PretrainExperiment):
     ):
         """Builds the network, optimiser and schedule from a config.
 
-        Args:
-            config: a full config (see configs/common.py), `method` "simclr".
-            num_classes: classes of the online linear classifier.
-            devices: the devices `init` and `update` run on (default: every
-                local device); the leading axis of their inputs is this long.
+        Args: as `byol_experiment.ByolExperiment`'s (`config.method` "simclr").
 
         Raises:
             ValueError: a field SimCLR cannot honour

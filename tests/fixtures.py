@@ -81,30 +81,24 @@ def tiny_config(data_dir, norm="gn_ws", **training):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_cli_flags(max_steps, checkpoint_every_steps, max_checkpoints_to_keep):
-    """`tiny_config`'s fields as `python -m byol.main` flags (GN+WS), `--config` first.
+def tiny_cli_flags(data_dir, **training):
+    """`tiny_config(data_dir, **training)` as `python -m byol.main` flags.
 
-    More `--config.*` overrides may follow them, not precede them.
+    `--config` first, then one override per field that differs from the
+    Fashion-MNIST GN+WS config.
     """
-    return (
-        "--config=configs/fashion_mnist.py:gn_ws",
-        "--config.data.num_threads=1",
-        "--config.data.val_size=50",
-        "--config.model.width_multiplier=1",
-        "--config.model.num_groups=4",
-        "--config.model.projector_hidden_size=32",
-        "--config.model.projection_size=16",
-        "--config.model.predictor_hidden_size=32",
-        "--config.training.batch_size=16",
-        f"--config.training.max_steps={max_steps}",
-        "--config.training.warmup_steps=1",
-        "--config.training.base_target_ema=0.99",
-        "--config.training.log_every_steps=1",
-        f"--config.training.checkpoint_every_steps={checkpoint_every_steps}",
-        f"--config.training.max_checkpoints_to_keep={max_checkpoints_to_keep}",
-        "--config.evaluation.probe_every_steps=0",
-        "--config.evaluation.probe_max_train_examples=200",
-    )
+    from configs import fashion_mnist  # noqa: PLC0415
+
+    base = fashion_mnist.get_config("gn_ws").to_dict()
+    flags = ["--config=configs/fashion_mnist.py:gn_ws"]
+    for section, fields in tiny_config(data_dir, **training).to_dict().items():
+        if isinstance(fields, dict):
+            flags += [
+                f"--config.{section}.{name}={value}"
+                for name, value in fields.items()
+                if value != base[section][name]
+            ]
+    return tuple(flags)
 
 
 def child_env(cache_dir, **variables):

@@ -53,8 +53,12 @@ def setup(tmp_path_factory):
             "-m",
             "byol.main",
             f"--workdir={workdir}",
-            *tiny_cli_flags(STEPS, checkpoint_every_steps=1, max_checkpoints_to_keep=2),
-            f"--config.data.data_dir={data_dir}",
+            *tiny_cli_flags(
+                data_dir,
+                max_steps=STEPS,
+                checkpoint_every_steps=1,
+                max_checkpoints_to_keep=2,
+            ),
         ]
 
     return command, env, tmp

@@ -33,9 +33,6 @@ from tests.fixtures import (  # noqa: E402
 STEPS = 3
 SAVED_AT = 2  # the run's other checkpoint, resumed from
 TIMEOUT_S = 600  # a hang guard; ~90 s alone, slower beside other tests
-OVERRIDES = tiny_cli_flags(
-    STEPS, checkpoint_every_steps=SAVED_AT, max_checkpoints_to_keep=3
-)
 
 
 def _free_port():
@@ -107,7 +104,12 @@ def runs(tmp_path_factory):
     from byol import data  # noqa: PLC0415
 
     data.dataset_info("fashion_mnist", data_dir, val_size=50)  # builds it, once
-    common = (*OVERRIDES, f"--config.data.data_dir={data_dir}")
+    common = tiny_cli_flags(
+        data_dir,
+        max_steps=STEPS,
+        checkpoint_every_steps=SAVED_AT,
+        max_checkpoints_to_keep=3,
+    )
     reference, workdir = tmp / "reference", tmp / "two_processes"
     started = _two_processes(workdir, common, tmp, "run")
     started.append(
