@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -174,7 +173,6 @@ class Checkpointer:
             >>> restored = ckpt.restore_latest(like)  # doctest: +SKIP
             >>> start = restored.step if restored else 0  # doctest: +SKIP
         """
-        _quiet_orbax_leftovers()
         corrupt = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
@@ -257,39 +255,3 @@ def _first_line(error: BaseException) -> str:
     line = re.sub(r"\s*\[tensorstore_spec=.*", "", text[0]) if text else ""
     line = line or type(error).__name__
     return line if len(line) <= 300 else line[:300] + "..."
-
-
-_quieted = False
-
-
-def _quiet_orbax_leftovers() -> None:
-    """Silences the noise a failed orbax restore leaves behind.
-
-    When one array of a checkpoint fails to read, orbax abandons the reads of
-    the others; their tensorstore callbacks later reach an asyncio loop that is
-    already closed ("Event loop is closed", printed through
-    `sys.unraisablehook`) and asyncio logs "exception was never retrieved" for
-    them. Both are already reported, in one line, as a corrupt checkpoint;
-    every other unraisable error or asyncio log line passes as before.
-    """
-    global _quieted
-    if _quieted:
-        return
-    _quieted = True
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = hook
-
-    def keep(record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        message = record.getMessage()
-        abandoned = "exception was never retrieved" in message
-        return not (abandoned and (error is None or isinstance(error, ValueError)))
-
-    logging.getLogger("asyncio").addFilter(keep)

@@ -1,14 +1,15 @@
-"""Checks of a config and a work directory, each failing with a one-line error.
+"""Every config field's check, in one table, plus the few cross-field rules.
 
-Every message names the field (or file) and what is allowed, so a wrong flag
-is fixed from the message alone.
+Run once, at the boundary (`byol.train.pretrain`, `byol.linear_eval.evaluate`,
+the study runner); constructors that only code calls trust what passed here.
+Every message is one line naming the field and what is allowed.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -17,75 +18,236 @@ from byol import networks, normalization, precision
 from byol.data import catalog  # pure Python: no TensorFlow
 
 MODES = ("pretrain", "linear_eval")
-# Pre-training methods (`config.method`), see `byol.train.make_experiment`.
-METHODS = ("byol", "simclr")
-# Fields that fix the shapes of the checkpointed state: a work directory whose
-# checkpoints were written under other values cannot be resumed.
-_ARCHITECTURE_FIELDS = (
-    "method",
-    "data.dataset",
-    "data.image_size",
-    "model.encoder",
-    "model.width_multiplier",
-    "model.small_image",
-    "model.norm",
-    "model.encoder_norm",
-    "model.projector_norm",
-    "model.predictor_norm",
-    "model.bn_init",
-    "model.projector_hidden_size",
-    "model.projection_size",
-    "model.predictor_hidden_size",
+METHODS = ("byol", "simclr")  # `config.method`: see `byol.workdir.make_experiment`
+PROTOCOLS = ("probe", "reference")  # `evaluation.protocol`: see `byol.linear_eval`
+
+
+class Field(NamedTuple):
+    """A field's test and the message naming what it allows."""
+
+    ok: Callable[[Any], bool]
+    message: str  # formatted with the field's `name` and `value`
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+POSITIVE = Field(
+    lambda v: _is_int(v) and v >= 1, "{name} must be a positive integer, got {value!r}"
 )
-# Architecture fields added after the first release, with the value that a
-# config.json written before them meant.
-_LATER_FIELD_DEFAULTS = {"method": "byol"}
+NON_NEGATIVE = Field(
+    lambda v: _is_number(v) and v >= 0,
+    "{name} must be a finite number >= 0, got {value!r}",
+)
+POSITIVE_NUMBER = Field(
+    lambda v: _is_number(v) and v > 0,
+    "{name} must be a finite number > 0, got {value!r}",
+)
+BOOLEAN = Field(
+    lambda v: isinstance(v, bool), "{name} must be True or False, got {value!r}"
+)
+TEXT = Field(lambda v: isinstance(v, str), "{name} must be a string, got {value!r}")
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str):
-    value = config
+def _integer(minimum: int, note: str = "") -> Field:
+    return Field(
+        lambda v: _is_int(v) and v >= minimum,
+        f"{{name}} must be an integer >= {minimum}{note}, got {{value!r}}",
+    )
+
+
+def _interval(low: float, high: float, low_open: bool = False) -> Field:
+    def ok(v):
+        return _is_number(v) and (v > low if low_open else v >= low) and v <= high
+
+    bracket = "(" if low_open else "["
+    return Field(
+        ok, f"{{name}} must be in {bracket}{low:g}, {high:g}], got {{value!r}}"
+    )
+
+
+def _choice(*allowed) -> Field:
+    return Field(
+        lambda v: not isinstance(v, bool) and v in allowed,
+        f"{{name}} must be one of {', '.join(map(str, allowed))}, got {{value!r}}",
+    )
+
+
+def _name(allowed, preset_or: bool = False) -> Field:
+    names = ", ".join(allowed)
+    expected = f"'' (the preset's) or one of: {names}" if preset_or else names
+    return Field(
+        lambda v: isinstance(v, str) and (v in allowed or (preset_or and not v)),
+        f"{{name}} {{value!r}} unknown; expected {'' if preset_or else 'one of: '}"
+        f"{expected}",
+    )
+
+
+def _known_dataset(value) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(catalog.IMAGE_FOLDER_PREFIX)
+        or catalog.base_name(value) in catalog.SPECS
+    )
+
+
+def _positive_rates(value) -> bool:
+    return (
+        isinstance(value, tuple | list)
+        and len(value) > 0
+        and all(_is_number(r) and r > 0 for r in value)
+    )
+
+
+FIELDS: dict[str, Field] = {
+    "mode": _name(MODES),
+    "method": _name(METHODS),
+    "seed": _integer(0),
+    "data.dataset": Field(
+        _known_dataset,
+        "{name} {value!r} unknown; expected one of: " + ", ".join(catalog.DATASETS),
+    ),
+    "data.data_dir": TEXT,
+    "data.image_size": POSITIVE,
+    "data.val_size": _integer(-1, " (-1: the dataset's default)"),
+    "data.num_threads": _integer(0, " (0: one per core but one)"),
+    "data.min_crop_area": _interval(0, 1, low_open=True),
+    "data.skip_corrupt_images": BOOLEAN,
+    "model.encoder": _name(networks.DEPTHS),
+    "model.width_multiplier": POSITIVE,
+    "model.small_image": BOOLEAN,
+    "model.norm": _name(networks.NORM_PRESETS),
+    "model.encoder_norm": _name(normalization.NORM_NAMES, preset_or=True),
+    "model.projector_norm": _name(normalization.NORM_NAMES, preset_or=True),
+    "model.predictor_norm": _name(normalization.NORM_NAMES, preset_or=True),
+    "model.num_groups": POSITIVE,
+    "model.encoder_ws": _choice(-1, 0, 1),
+    "model.mlp_ws": _choice(0, 1),
+    "model.ws_eps": POSITIVE_NUMBER,
+    "model.bn_init": BOOLEAN,
+    "model.projector_hidden_size": POSITIVE,
+    "model.projection_size": POSITIVE,
+    "model.predictor_hidden_size": POSITIVE,
+    "model.compute_dtype": _choice(*precision.COMPUTE_DTYPES),
+    "training.batch_size": POSITIVE,
+    "training.accumulation_steps": POSITIVE,
+    "training.max_steps": POSITIVE,
+    "training.warmup_steps": _integer(0),
+    "training.base_learning_rate": NON_NEGATIVE,
+    "training.weight_decay": NON_NEGATIVE,
+    "training.base_target_ema": _interval(0, 1),
+    "training.predictor_lr_multiplier": POSITIVE_NUMBER,
+    "training.temperature": POSITIVE_NUMBER,
+    "training.log_every_steps": POSITIVE,
+    "training.checkpoint_every_steps": POSITIVE,
+    "training.max_checkpoints_to_keep": POSITIVE,
+    "training.skip_nonfinite_updates": BOOLEAN,
+    "evaluation.probe_every_steps": NON_NEGATIVE,
+    "evaluation.probe_max_train_examples": POSITIVE,
+    "evaluation.pretrain_workdir": TEXT,
+    "evaluation.deepmind_checkpoint": TEXT,
+    "evaluation.protocol": _name(PROTOCOLS),
+    "evaluation.batch_size": POSITIVE,
+    "evaluation.epochs": POSITIVE,
+    "evaluation.learning_rates": Field(
+        _positive_rates,
+        "{name} {value!r} invalid; expected a non-empty tuple of positive "
+        "numbers, e.g. (0.4, 0.3, 0.2, 0.1, 0.05)",
+    ),
+    "evaluation.log_every_steps": POSITIVE,
+}
+# Linear evaluation takes these from the pre-training run when left unset.
+_INHERITED = {"data.dataset": "", "data.image_size": 0, "data.data_dir": ""}
+
+
+def get(config: ml_collections.ConfigDict, dotted: str):
+    """The value at a dotted field name."""
     for key in dotted.split("."):
-        value = value[key]
-    return value
+        config = config[key]
+    return config
 
 
-def _has(config, dotted: str) -> bool:
-    section, _, name = dotted.rpartition(".")
-    return name in (_get(config, section) if section else config)
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+    inherit = config.mode == "linear_eval"
+    for name, field in FIELDS.items():
+        value = get(config, name)
+        if inherit and name in _INHERITED and value == _INHERITED[name]:
+            continue
+        if not field.ok(value):
+            raise ValueError(field.message.format(name=name, value=value))
 
 
-def _positive(config, dotted: str) -> None:
-    value = _get(config, dotted)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{dotted} must be a positive integer, got {value!r}")
-
-
-def _non_negative(config, dotted: str) -> None:
-    value = _get(config, dotted)
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{dotted} must be a finite number >= 0, got {value!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _boolean(config, dotted: str) -> None:
-    value = _get(config, dotted)
-    if not isinstance(value, bool):
-        raise ValueError(f"{dotted} must be True or False, got {value!r}")
-
-
-def _one_of(config, dotted: str, allowed: tuple) -> None:
-    value = _get(config, dotted)
-    if isinstance(value, bool) or value not in allowed:
+def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid field of a pre-training config."""
+    _check_fields(config)
+    model, training = config.model, config.training
+    _check_norms(model)
+    if config.method == "simclr":
+        if model.bn_init:
+            raise ValueError(
+                "model.bn_init is implemented for method 'byol' only; use "
+                "model.bn_init=False with method 'simclr'"
+            )
+        if training.accumulation_steps != 1:
+            raise ValueError(
+                "training.accumulation_steps must be 1 with method 'simclr' "
+                "(NT-Xent's negatives span the whole batch), got "
+                f"{training.accumulation_steps!r}"
+            )
+    if training.warmup_steps > training.max_steps:
         raise ValueError(
-            f"{dotted} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+            f"training.warmup_steps ({training.warmup_steps}) must not exceed "
+            f"training.max_steps ({training.max_steps})"
+        )
+    minimum = networks.min_image_size(model.small_image)
+    if config.data.image_size < minimum:
+        raise ValueError(
+            f"data.image_size {config.data.image_size} is smaller than the "
+            f"{'small-image' if model.small_image else 'standard'} stem takes "
+            f"(min {minimum}); set model.small_image=True for 28-64 px images"
+        )
+    per_device = per_device_batch(training.batch_size)
+    if per_device % training.accumulation_steps:
+        raise ValueError(
+            f"training.accumulation_steps {training.accumulation_steps} does not "
+            f"divide the per-device batch {per_device} (training.batch_size "
+            f"{training.batch_size} over {jax.device_count()} devices); use a "
+            f"divisor of {per_device}"
+        )
+
+
+def check_linear_eval_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid field of a linear-evaluation config.
+
+    ``data.dataset``, ``data.image_size`` and ``data.data_dir`` left unset
+    (empty, 0) are the pre-training run's.
+    """
+    _check_fields(config)
+    evaluation = config.evaluation
+    if evaluation.deepmind_checkpoint and evaluation.pretrain_workdir:
+        raise ValueError(
+            "evaluation.pretrain_workdir and evaluation.deepmind_checkpoint are "
+            "both set; set one"
+        )
+    if not evaluation.pretrain_workdir and not evaluation.deepmind_checkpoint:
+        raise ValueError(
+            "evaluation.pretrain_workdir is empty; set it to the --workdir of a "
+            "pre-training run (--config.evaluation.pretrain_workdir=DIR), or set "
+            "evaluation.deepmind_checkpoint to a DeepMind BYOL .pkl"
+        )
+    devices = jax.device_count()
+    if evaluation.protocol == "reference" and evaluation.batch_size % devices:
+        raise ValueError(
+            f"evaluation.batch_size {evaluation.batch_size} is not divisible by "
+            f"the {devices} devices; use a multiple of {devices}"
         )
 
 
 def _component_kinds(model: ml_collections.ConfigDict) -> dict[str, str]:
-    """The normalisation kind of each network component (preset + overrides)."""
     preset = networks.NORM_PRESETS[model.norm]
     return {
         "encoder": model.encoder_norm or preset.encoder.kind,
@@ -94,30 +256,19 @@ def _component_kinds(model: ml_collections.ConfigDict) -> dict[str, str]:
     }
 
 
-def _normalised_widths(model: ml_collections.ConfigDict) -> dict[str, set[int]]:
-    """Channel counts each component normalises (what GroupNorm must divide)."""
-    encoder = networks.ENCODERS[model.encoder]
-    width = model.width_multiplier
-    stages = [c * width for c in encoder.CONFIG["channels_per_group"]]
-    encoder_widths = {encoder.STEM_CHANNELS * width, *stages}
-    if encoder.CONFIG["bottleneck"]:
-        encoder_widths |= {c // 4 for c in stages}
-    return {
-        "encoder": encoder_widths,
-        "projector": {model.projector_hidden_size},
-        "predictor": {model.predictor_hidden_size},
-    }
-
-
 def _check_norms(model: ml_collections.ConfigDict) -> None:
-    """GroupNorm's group count divides every width; bn_init needs BN."""
+    """bn_init needs BN everywhere; GroupNorm's groups divide every width."""
     kinds = _component_kinds(model)
     if model.bn_init and any(kind != "bn" for kind in kinds.values()):
         raise ValueError(
             "model.bn_init needs BN in every component (model.norm='bn' and no "
             "per-component override)"
         )
-    widths = _normalised_widths(model)
+    widths = {
+        "encoder": networks.normalised_widths(model.encoder, model.width_multiplier),
+        "projector": {model.projector_hidden_size},
+        "predictor": {model.predictor_hidden_size},
+    }
     grouped = sorted(
         c for part, kind in kinds.items() if kind == "gn" for c in widths[part]
     )
@@ -130,171 +281,6 @@ def _check_norms(model: ml_collections.ConfigDict) -> None:
         )
 
 
-def _integer(config, dotted: str, minimum: int, meaning: str = "") -> None:
-    value = _get(config, dotted)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(
-            f"{dotted} must be an integer >= {minimum}{meaning}, got {value!r}"
-        )
-
-
-def _check_ranges(config: ml_collections.ConfigDict) -> None:
-    """The fields with ranges of their own (beyond positive / non-negative)."""
-    model, training = config.model, config.training
-    _integer(config, "seed", 0)
-    _integer(config, "data.num_threads", 0, " (0: one per core but one)")
-    _integer(config, "data.val_size", -1, " (-1: the dataset's default)")
-    area = config.data.get("min_crop_area", 0.08)
-    if not _is_number(area) or not 0 < area <= 1:
-        raise ValueError(f"data.min_crop_area must be in (0, 1], got {area!r}")
-    multiplier = training.get("predictor_lr_multiplier", 1.0)
-    if not _is_number(multiplier) or not 0 < multiplier < math.inf:
-        raise ValueError(
-            "training.predictor_lr_multiplier must be a finite number > 0, got "
-            f"{multiplier!r}"
-        )
-    if not _is_number(model.ws_eps) or not 0 < model.ws_eps < math.inf:
-        raise ValueError(
-            f"model.ws_eps must be a finite number > 0, got {model.ws_eps!r}"
-        )
-    _one_of(config, "model.encoder_ws", (-1, 0, 1))
-    _one_of(config, "model.mlp_ws", (0, 1))
-    if _has(config, "model.compute_dtype"):
-        _one_of(config, "model.compute_dtype", precision.COMPUTE_DTYPES)
-    for field in (
-        "model.small_image",
-        "model.bn_init",
-        "data.skip_corrupt_images",
-        "training.skip_nonfinite_updates",
-    ):
-        if _has(config, field):
-            _boolean(config, field)
-
-
-def check_pretrain_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first invalid field of a pre-training config."""
-    if config.mode not in MODES:
-        raise ValueError(
-            f"mode {config.mode!r} unknown; expected one of: " + ", ".join(MODES)
-        )
-    method = config.get("method", "byol")
-    if isinstance(method, bool) or method not in METHODS:
-        raise ValueError(
-            f"method {method!r} unknown; expected one of: " + ", ".join(METHODS)
-        )
-    if method == "simclr":
-        check_simclr_fields(config)
-    model, training = config.model, config.training
-    dataset = config.data.dataset
-    if not (
-        dataset.startswith(catalog.IMAGE_FOLDER_PREFIX)
-        or catalog.base_name(dataset) in catalog.SPECS
-    ):
-        raise ValueError(
-            f"data.dataset {dataset!r} unknown; expected one of: "
-            + ", ".join(catalog.DATASETS)
-        )
-    if model.encoder not in networks.ENCODERS:
-        raise ValueError(
-            f"model.encoder {model.encoder!r} unknown; expected one of: "
-            + ", ".join(networks.ENCODERS)
-        )
-    if model.norm not in networks.NORM_PRESETS:
-        raise ValueError(
-            f"model.norm {model.norm!r} unknown; expected one of: "
-            + ", ".join(networks.NORM_PRESETS)
-        )
-    for field in ("encoder_norm", "projector_norm", "predictor_norm"):
-        kind = model[field]
-        if kind and kind not in normalization.NORM_NAMES:
-            raise ValueError(
-                f"model.{field} {kind!r} unknown; expected '' (the preset's) or "
-                "one of: " + ", ".join(normalization.NORM_NAMES)
-            )
-    for field in (
-        "data.image_size",
-        "model.width_multiplier",
-        "model.num_groups",
-        "model.projector_hidden_size",
-        "model.projection_size",
-        "model.predictor_hidden_size",
-        "training.batch_size",
-        "training.max_steps",
-        "training.log_every_steps",
-        "training.checkpoint_every_steps",
-        "training.max_checkpoints_to_keep",
-        "evaluation.probe_max_train_examples",
-    ):
-        _positive(config, field)
-    for field in (
-        "training.base_learning_rate",
-        "training.weight_decay",
-        "training.warmup_steps",
-        "evaluation.probe_every_steps",
-    ):
-        _non_negative(config, field)
-    _check_ranges(config)
-    _check_norms(model)
-    if training.warmup_steps > training.max_steps:
-        raise ValueError(
-            f"training.warmup_steps ({training.warmup_steps}) must not exceed "
-            f"training.max_steps ({training.max_steps})"
-        )
-    if not 0.0 <= training.base_target_ema <= 1.0:
-        raise ValueError(
-            "training.base_target_ema must be in [0, 1], got "
-            f"{training.base_target_ema}"
-        )
-    minimum = networks.min_image_size(model.small_image)
-    if config.data.image_size < minimum:
-        raise ValueError(
-            f"data.image_size {config.data.image_size} is smaller than the "
-            f"{'small-image' if model.small_image else 'standard'} stem takes "
-            f"(min {minimum}); set model.small_image=True for 28-64 px images"
-        )
-    _check_accumulation(training, per_device_batch(training.batch_size))
-
-
-def check_simclr_fields(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError for a field that method 'simclr' cannot honour.
-
-    The temperature must be a finite number > 0; `model.bn_init` is BYOL's
-    only; gradient accumulation would shrink NT-Xent's negatives, which span
-    the whole batch.
-    """
-    temperature = config.training.get("temperature", 0.1)
-    if not _is_number(temperature) or not 0 < temperature < math.inf:
-        raise ValueError(
-            f"training.temperature must be a finite number > 0, got {temperature!r}"
-        )
-    if config.model.bn_init:
-        raise ValueError(
-            "model.bn_init is implemented for method 'byol' only; use "
-            "model.bn_init=False with method 'simclr'"
-        )
-    if config.training.get("accumulation_steps", 1) != 1:
-        raise ValueError(
-            "training.accumulation_steps must be 1 with method 'simclr' "
-            "(NT-Xent's negatives span the whole batch), got "
-            f"{config.training.accumulation_steps!r}"
-        )
-
-
-def _check_accumulation(training: ml_collections.ConfigDict, per_device: int) -> None:
-    """The micro-batch count is a positive divisor of the per-device batch."""
-    steps = training.get("accumulation_steps", 1)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(
-            f"training.accumulation_steps must be a positive integer, got {steps!r}"
-        )
-    if per_device % steps:
-        raise ValueError(
-            f"training.accumulation_steps {steps} does not divide the per-device "
-            f"batch {per_device} (training.batch_size {training.batch_size} over "
-            f"{jax.device_count()} devices); use a divisor of {per_device}"
-        )
-
-
 def per_device_batch(batch_size: int) -> int:
     """The per-device batch, or a ValueError if the devices cannot split it."""
     devices = jax.device_count()
@@ -304,40 +290,3 @@ def per_device_batch(batch_size: int) -> int:
             f"{devices} devices; use a multiple of {devices}"
         )
     return batch_size // devices
-
-
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Records the config in `workdir`, refusing one written by another model.
-
-    Raises:
-        ValueError: the work directory holds a run whose architecture fields
-            differ from `config` (its checkpoints could not be restored).
-    """
-    path = os.path.join(workdir, "config.json")
-    config_dict = config.to_dict()
-    current = {f: _get_dict(config_dict, f) for f in _ARCHITECTURE_FIELDS}
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        saved_fields = {f: _get_dict(saved, f) for f in _ARCHITECTURE_FIELDS}
-        diff = [f for f in _ARCHITECTURE_FIELDS if saved_fields[f] != current[f]]
-        if diff and os.path.isdir(os.path.join(workdir, "checkpoints")):
-            field = diff[0]
-            raise ValueError(
-                f"workdir {workdir} holds checkpoints of another config: {field} "
-                f"was {saved_fields[field]!r}, now {current[field]!r}; use a new "
-                "--workdir or the same config"
-            )
-    if jax.process_index() == 0:
-        # Written aside and renamed: the other processes of a multi-process
-        # run may be reading it.
-        with open(path + ".tmp", "w") as f:
-            json.dump(config_dict, f, indent=2)
-        os.replace(path + ".tmp", path)
-
-
-def _get_dict(tree: dict, dotted: str):
-    """`tree`'s value at `dotted`, or the default of a field added later."""
-    for key in dotted.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return _LATER_FIELD_DEFAULTS.get(dotted) if tree is None else tree

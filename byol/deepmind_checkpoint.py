@@ -54,7 +54,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from byol import byol_experiment, networks
+from byol import model as models
+from byol import networks
+from byol.parallel import AXIS
 
 try:  # numpy >= 1.26 names its internals numpy._core; older ones numpy.core.
     from numpy._core import multiarray as _multiarray
@@ -359,12 +361,7 @@ def load_deepmind_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ network
-def _module_name(cls: type) -> str:
-    """Haiku's default module name of a class: ``ResNet50`` -> ``res_net50``."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
-
-
-_ENCODER_BY_MODULE = {_module_name(cls): key for key, cls in networks.ENCODERS.items()}
+_ENCODER_BY_MODULE = {d.module: key for key, d in networks.DEPTHS.items()}
 
 
 def _param(params, module: str, name: str, source: str) -> np.ndarray:
@@ -391,7 +388,7 @@ def _stem_kernel(params: hk.Params, source: str) -> tuple[str, tuple[int, ...]]:
             + ", ".join(_ENCODER_BY_MODULE)
         )
     kernel = tuple(np.shape(_param(params, stems[0], "w", source)))
-    stem_channels = networks.ENCODERS[_ENCODER_BY_MODULE[top]].STEM_CHANNELS
+    stem_channels = networks.DEPTHS[_ENCODER_BY_MODULE[top]].stem_channels
     if len(kernel) != 4 or kernel[-1] % stem_channels:
         raise CheckpointFormatError(
             f"{source}: {stems[0]}/w has shape {list(kernel)}, expected "
@@ -451,7 +448,7 @@ def model_config(
 
     model.update(
         encoder=encoder,
-        width_multiplier=kernel[-1] // networks.ENCODERS[encoder].STEM_CHANNELS,
+        width_multiplier=kernel[-1] // networks.DEPTHS[encoder].stem_channels,
         small_image=kernel[0] == 3,
         norm="bn",
         encoder_norm="",
@@ -485,14 +482,12 @@ def network_shapes(
         >>> params["classifier"]["w"].shape  # doctest: +SKIP
         (2048, 1000)
     """
-    forward = byol_experiment.make_forward(
-        model, byol_experiment.network_norms(model), num_classes
-    )
+    forward = models.make_forward(model, models.network_norms(model), num_classes)
     size = networks.min_image_size(model.small_image)
     # BN layers reduce over the pmap axis, which needs a named axis to trace.
     init = jax.vmap(
         lambda x: forward.init(jax.random.key(0), x, is_training=True),
-        axis_name=byol_experiment.AXIS,
+        axis_name=AXIS,
     )
     images = jax.ShapeDtypeStruct((1, 2, size, size, channels), jnp.float32)
     shapes = jax.eval_shape(init, images)

@@ -46,7 +46,9 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from byol import byol_experiment, networks
+from byol import model as models
+from byol import networks
+from byol import run_dir as run_dirs
 
 FORMAT = "byol-encoder-npz-1"
 # Top-level modules of `make_forward`'s network that are not the encoder.
@@ -72,7 +74,7 @@ def _flatten(group: str, tree: Mapping) -> dict[str, np.ndarray]:
 
 
 def encoder_arrays(
-    state: byol_experiment.TrainState,
+    state,
     model: ml_collections.ConfigDict,
     step: int,
     *,
@@ -119,52 +121,39 @@ def export_encoder(
     projector: bool = False,
     target: bool = False,
 ) -> dict[str, Any]:
-    """Writes the encoder of a pre-training run's newest checkpoint to a ``.npz``.
+    """Writes the encoder of a run's newest checkpoint to `output` (atomically).
 
     Args:
         workdir: the pre-training run's work directory.
-        output: the file to write (replaced atomically when complete).
-        data_dir: where the run's dataset is now, when not where config.json
-            says (its metadata gives the classifier's number of classes).
+        output: the ``.npz`` to write.
+        data_dir: where the run's dataset is now, if it moved (its metadata
+            gives the classifier's number of classes).
         projector: also export the projector.
         target: also export the target network.
 
     Returns:
-        A summary: ``output``, ``step``, ``encoder``, ``arrays`` (count) and
-        ``parameters`` (online parameters written).
+        ``output``, ``step``, ``encoder``, ``arrays`` (count), ``parameters``.
 
     Raises:
-        FileNotFoundError: no config.json or checkpoint in `workdir`, or the
-            dataset is not found.
-        ValueError: a checkpoint that does not fit the run's config.json.
-
-    Example:
-        >>> export_encoder("workdirs/fm", "encoder.npz")["step"]  # doctest: +SKIP
-        2000
+        FileNotFoundError: no config.json or checkpoint, or no dataset.
+        ValueError: a checkpoint that does not fit config.json.
     """
-    from byol import linear_eval  # noqa: PLC0415  (imports TensorFlow)
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(workdir, run_dirs.CONFIG_FILE)):
         raise FileNotFoundError(
             f"--workdir {workdir!r} has no config.json; expected the --workdir "
             "of a pre-training run"
         )
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"--workdir {workdir!r} has no checkpoints/")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    config.evaluation.pretrain_workdir = workdir
+    config = run_dirs.read_config(workdir)
     if data_dir:
         config.data.data_dir = data_dir
-    run = linear_eval.restore_run(config)
+    run = run_dirs.restore_run(workdir, config)
     if target and not hasattr(run.state, "target_params"):
         raise ValueError(
-            f"--target: the run in {workdir!r} (method "
-            f"{run.config.get('method', 'byol')!r}) has no target network"
+            f"--target: the run in {workdir!r} (method {config.method!r}) has no "
+            "target network"
         )
     arrays = encoder_arrays(
-        run.state, run.config.model, run.step, projector=projector, target=target
+        run.state, config.model, run.step, projector=projector, target=target
     )
     partial = f"{output}.partial"
     with open(partial, "wb") as f:
@@ -173,7 +162,7 @@ def export_encoder(
     return {
         "output": output,
         "step": run.step,
-        "encoder": run.config.model.encoder,
+        "encoder": config.model.encoder,
         "arrays": len(arrays),
         "parameters": sum(a.size for k, a in arrays.items() if k.startswith("params/")),
     }
@@ -251,7 +240,7 @@ def encoder_forward(model: Mapping[str, Any]) -> hk.TransformedWithState:
     """
     model = ml_collections.ConfigDict(dict(model))
     norm = dataclasses.replace(
-        byol_experiment.network_norms(model).encoder, cross_replica_axis=None
+        models.network_norms(model).encoder, cross_replica_axis=None
     )
 
     def forward(images: jax.Array, is_training: bool) -> jax.Array:

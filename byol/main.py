@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import logging as std_logging
 import os
 import sys
 
@@ -118,6 +119,7 @@ def main(argv) -> None:
     # Orbax and tfds log every file they touch at INFO; the progress line is ours.
     logging.set_verbosity(logging.WARNING)
     set_cpu_flags(_CPU_DEVICES.value)
+    _quiet_orbax_leftovers()
     from byol import checkpointing  # noqa: PLC0415  (after the XLA flags)
 
     try:
@@ -137,6 +139,32 @@ def main(argv) -> None:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def _quiet_orbax_leftovers() -> None:
+    """Silences the noise a failed orbax restore leaves at exit.
+
+    When one array of a corrupt checkpoint fails to read, orbax abandons the
+    other reads; their callbacks later reach a closed asyncio loop ("Event
+    loop is closed", through `sys.unraisablehook`) and asyncio logs
+    "exception was never retrieved". The corruption is already reported in
+    one line; every other unraisable error or asyncio record passes.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        abandoned = "exception was never retrieved" in record.getMessage()
+        return not (abandoned and (error is None or isinstance(error, ValueError)))
+
+    sys.unraisablehook = hook
+    std_logging.getLogger("asyncio").addFilter(keep)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,18 @@
 """ResNet v1 encoders and MLP heads, with the normalisation chosen by config.
 
-With ``bn`` norms, module and parameter names and shapes are identical to
-Haiku's `hk.nets.ResNet50` (minus its logits layer) and to DeepMind's BYOL
-code, so the released BYOL checkpoints load without renaming:
-``res_net50/~/initial_conv``, ``res_net50/~/initial_batchnorm``,
-``res_net50/~/block_group_0/~/block_0/~/conv_0``, ``.../batchnorm_0``,
-``.../shortcut_conv``, ``.../shortcut_batchnorm``. The heads are named like
-DeepMind's BYOL ``MLP``, which builds its layers inside ``__call__``, so Haiku
-names them without ``~``: ``projector/linear``, ``projector/batch_norm``,
-``projector/linear_1`` (same for ``predictor``).
+With ``bn`` norms, module and parameter names and shapes are those of Haiku's
+`hk.nets.ResNet50` (minus its logits) and of DeepMind's BYOL code, so the
+released checkpoints load without renaming: ``res_net50/~/initial_conv``,
+``.../block_group_0/~/block_0/~/conv_0``, ``.../batchnorm_0``,
+``.../shortcut_conv``; heads ``projector/linear``, ``projector/batch_norm``,
+``projector/linear_1``. Unlike `hk.nets.ResNet`: every norm's scale starts at
+1 (the paper's γ = 1), the norm and WS come from a `NormConfig`, there is no
+logits layer, ``width_multiplier`` scales the stem too (as DeepMind's
+``ResNetTorso``), and ``small_image=True`` swaps the stem for a 3x3/1 conv
+without max-pool.
 
-Deliberate differences from `hk.nets.ResNet`:
-- every norm's scale (gamma) is initialised to 1, as in the BYOL paper (Haiku
-  zero-initialises the last BN of each bottleneck block);
-- the norm (and WS convolutions) come from a `NormConfig`;
-- no logits layer: the network returns the global-average-pooled embedding;
-- ``width_multiplier`` scales every conv, the stem included (as DeepMind's
-  BYOL ``ResNetTorso``);
-- ``small_image=True`` swaps the stem for a 3x3/1 conv without max-pool.
-
-Minimum image size: each spatial side must be at least the network's total
-stride, 32 for the standard stem (7x7/2 conv, 3x3/2 max-pool, stages strided
-1, 2, 2, 2) and 8 for the small-image stem (stages only), so that the last
-stage sees at least one full stride cell of real pixels. ('SAME' padding would
-let smaller images run, but the last stages would then mostly convolve
-padding.)
+Each image side must be at least the total stride (32 for the standard stem,
+8 for the small-image one), so that the last stage sees real pixels.
 """
 
 from __future__ import annotations
@@ -43,82 +31,56 @@ _STAGE_STRIDES = (1, 2, 2, 2)
 
 
 def min_image_size(small_image: bool) -> int:
-    """Smallest image side a ResNet encoder accepts (its total stride).
+    """Smallest image side an encoder accepts: its total stride.
 
-    Args:
-      small_image: Whether the small-image stem (3x3/1 conv, no max-pool) is
-        used.
-
-    Returns:
-      32 for the standard stem, 8 for the small-image stem.
-
-    Example:
-      >>> min_image_size(False), min_image_size(True)
-      (32, 8)
+    >>> min_image_size(False), min_image_size(True)
+    (32, 8)
     """
-    stages = 1
-    for stride in _STAGE_STRIDES:
-        stages *= stride
-    return stages if small_image else 4 * stages
+    stride = 1
+    for s in _STAGE_STRIDES:
+        stride *= s
+    return stride if small_image else 4 * stride
+
+
+def _stores_conv_inputs() -> bool:
+    """Whether conv inputs pass through an optimisation barrier (CPU only).
+
+    On XLA:CPU the barrier stops the filter gradient's layout transposes from
+    recomputing the norm and ReLU that made the input: the demo's step ran
+    1.12x faster (README, Speed). XLA:GPU and TPU would see it as a constraint
+    on every fusion pass, so their programs carry none. Decided when traced.
+    """
+    return jax.default_backend() == "cpu"
+
+
+def _stored(x: jax.Array) -> jax.Array:
+    return jax.lax.optimization_barrier(x) if _stores_conv_inputs() else x
 
 
 def _conv(norm: NormConfig, channels: int, kernel: int, stride: int, name: str):
-    """A bias-free 'SAME' conv, weight-standardised when ``norm.ws``."""
-    kwargs = dict(
+    conv = WSConv2D if norm.ws else hk.Conv2D
+    extra = dict(ws_eps=norm.ws_eps) if norm.ws else {}
+    return conv(
         output_channels=channels,
         kernel_shape=kernel,
         stride=stride,
         with_bias=False,
         padding="SAME",
         name=name,
+        **extra,
     )
-    if norm.ws:
-        return WSConv2D(ws_eps=norm.ws_eps, **kwargs)
-    return hk.Conv2D(**kwargs)
-
-
-def _stored(x: jax.Array) -> jax.Array:
-    """`x`, kept as the buffer it is in; a conv's input, for its backward pass.
-
-    Without the barrier XLA:CPU recomputes the normalisation and ReLU that
-    made `x` inside the layout transposes of the conv's filter gradient, which
-    ran the demo's step 1.12x slower than transposing the stored `x`. XLA:CPU
-    keeps the barrier only when its `cse_barrier_expander` pass is disabled
-    (`byol.xla_flags` does so on CPU), and removes it otherwise. On GPU/TPU
-    a conv's input is stored anyway; the barrier's effect there is unmeasured.
-    """
-    return jax.lax.optimization_barrier(x)
 
 
 def _linear(norm: NormConfig, size: int, with_bias: bool, name: str):
-    """A linear layer, weight-standardised when ``norm.ws``."""
     if norm.ws:
         return WSLinear(size, with_bias=with_bias, ws_eps=norm.ws_eps, name=name)
     return hk.Linear(size, with_bias=with_bias, name=name)
 
 
 class BlockV1(hk.Module):
-    """ResNet v1 (post-activation) block, basic or bottleneck."""
+    """ResNet v1 (post-activation) block, basic or bottleneck (Haiku's names)."""
 
-    def __init__(
-        self,
-        channels: int,
-        stride: int,
-        use_projection: bool,
-        bottleneck: bool,
-        norm: NormConfig,
-        name: str | None = None,
-    ):
-        """Constructs the block (names as `hk.nets.ResNet.BlockV1`).
-
-        Args:
-          channels: Output channels (the bottleneck's inner width is 1/4).
-          stride: Spatial stride of the block.
-          use_projection: Whether the shortcut is a 1x1 conv + norm.
-          bottleneck: 1x1-3x3-1x1 bottleneck, else 3x3-3x3 basic block.
-          norm: The normalisation.
-          name: Module name.
-        """
+    def __init__(self, channels, stride, use_projection, bottleneck, norm, name=None):
         super().__init__(name=name)
         self.use_projection = use_projection
         if use_projection:
@@ -135,7 +97,6 @@ class BlockV1(hk.Module):
         )
 
     def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
-        """Applies the block."""
         out = shortcut = inputs = _stored(inputs)
         if self.use_projection:
             shortcut = self.proj_norm(self.proj_conv(inputs), is_training)
@@ -150,61 +111,33 @@ class BlockGroup(hk.Module):
     """A stage: ``num_blocks`` blocks, the first strided (and projected)."""
 
     def __init__(
-        self,
-        channels: int,
-        num_blocks: int,
-        stride: int,
-        bottleneck: bool,
-        use_projection: bool,
-        norm: NormConfig,
-        name: str | None = None,
+        self, channels, num_blocks, stride, bottleneck, use_projection, norm, name=None
     ):
-        """Constructs the stage (names ``block_0``, ``block_1``, ...).
-
-        Args:
-          channels: Output channels of every block.
-          num_blocks: Number of blocks.
-          stride: Stride of the first block.
-          bottleneck: Block type.
-          use_projection: Whether the first block has a projection shortcut.
-          norm: The normalisation.
-          name: Module name.
-        """
         super().__init__(name=name)
         self.blocks = [
             BlockV1(
-                channels=channels,
-                stride=stride if i == 0 else 1,
-                use_projection=use_projection and i == 0,
-                bottleneck=bottleneck,
-                norm=norm,
+                channels,
+                stride if i == 0 else 1,
+                use_projection and i == 0,
+                bottleneck,
+                norm,
                 name=f"block_{i}",
             )
             for i in range(num_blocks)
         ]
 
     def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
-        """Applies the blocks in order."""
-        out = inputs
         for block in self.blocks:
-            out = block(out, is_training)
-        return out
-
-
-def _check_length(value: Sequence, field: str) -> None:
-    if len(value) != 4:
-        raise ValueError(f"{field} must have length 4, got {len(value)}")
+            inputs = block(inputs, is_training)
+        return inputs
 
 
 class ResNet(hk.Module):
-    """ResNet v1 torso returning the global-average-pooled embedding.
+    """ResNet v1 torso returning the global-average-pooled embedding [B, D].
 
-    Example:
-      >>> def f(x, is_training):
-      ...     return ResNet50(norm=NormConfig("gn", ws=True))(x, is_training)
-      >>> net = hk.transform_with_state(f)
-      >>> # params, state = net.init(rng, images, True)
-      >>> # emb, state = net.apply(params, state, rng, images, True)  # [B, 2048]
+    Example (inside `hk.transform_with_state`)::
+
+        embedding = ResNet50(norm=NormConfig("gn", ws=True))(images, is_training)
     """
 
     def __init__(
@@ -220,27 +153,20 @@ class ResNet(hk.Module):
         stem_channels: int = 64,
         name: str | None = None,
     ):
-        """Constructs the torso.
-
-        Args:
-          blocks_per_group: Blocks in each of the 4 stages.
-          bottleneck: Bottleneck blocks (ResNet-50+) or basic blocks.
-          channels_per_group: Output channels of each stage (before width).
-          use_projection: Whether each stage's first block has a projection
-            shortcut.
-          width_multiplier: Multiplies every conv's channels, the stem's too.
-          norm: Normalisation of every norm slot, and whether convs use WS.
-          small_image: 3x3/1 stem conv without max-pool (28-64 px images).
-          stem_channels: Stem conv channels before ``width_multiplier``.
-          name: Module name (default from the class: ``res_net50`` ...).
+        """Constructs the torso; the sequences give the 4 stages' settings.
 
         Raises:
-          ValueError: On sequences not of length 4 or a width < 1.
+          ValueError: a sequence not of length 4, or a width < 1 (either would
+            build another network than asked for).
         """
         super().__init__(name=name)
-        _check_length(blocks_per_group, "blocks_per_group")
-        _check_length(channels_per_group, "channels_per_group")
-        _check_length(use_projection, "use_projection")
+        for field, value in (
+            ("blocks_per_group", blocks_per_group),
+            ("channels_per_group", channels_per_group),
+            ("use_projection", use_projection),
+        ):
+            if len(value) != 4:
+                raise ValueError(f"{field} must have length 4, got {len(value)}")
         if width_multiplier < 1:
             raise ValueError(
                 f"width_multiplier {width_multiplier!r} invalid; expected >= 1"
@@ -248,21 +174,18 @@ class ResNet(hk.Module):
         self.small_image = small_image
         stem_kernel, stem_stride = (3, 1) if small_image else (7, 2)
         self.initial_conv = _conv(
-            norm,
-            stem_channels * width_multiplier,
-            stem_kernel,
-            stem_stride,
+            norm, stem_channels * width_multiplier, stem_kernel, stem_stride,
             "initial_conv",
-        )
+        )  # fmt: skip
         self.initial_norm = make_norm(norm, "initial_batchnorm")
         self.block_groups = [
             BlockGroup(
-                channels=channels_per_group[i] * width_multiplier,
-                num_blocks=blocks_per_group[i],
-                stride=_STAGE_STRIDES[i],
-                bottleneck=bottleneck,
-                use_projection=use_projection[i],
-                norm=norm,
+                channels_per_group[i] * width_multiplier,
+                blocks_per_group[i],
+                _STAGE_STRIDES[i],
+                bottleneck,
+                use_projection[i],
+                norm,
                 name=f"block_group_{i}",
             )
             for i in range(4)
@@ -275,8 +198,7 @@ class ResNet(hk.Module):
                 "[batch, height, width, channels]"
             )
         min_size = min_image_size(self.small_image)
-        height, width = inputs.shape[1:3]
-        if min(height, width) < min_size:
+        if min(inputs.shape[1:3]) < min_size:
             if inputs.shape[-1] >= min_size and inputs.shape[1] <= 4:
                 raise ValueError(
                     f"inputs shape {tuple(inputs.shape)} looks like NCHW; "
@@ -285,24 +207,12 @@ class ResNet(hk.Module):
             stem = "small-image" if self.small_image else "standard"
             hint = "" if self.small_image else "; use small_image=True for 8-31 px"
             raise ValueError(
-                f"image size {min(height, width)} too small for the {stem} stem "
-                f"(min {min_size}){hint}"
+                f"image size {min(inputs.shape[1:3])} too small for the {stem} "
+                f"stem (min {min_size}){hint}"
             )
 
     def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
-        """Embeds a batch of images.
-
-        Args:
-          inputs: Images [B, H, W, C], H and W >= `min_image_size`.
-          is_training: Training mode (BN uses batch statistics and updates
-            its moving averages).
-
-        Returns:
-          Embeddings [B, D], D the last stage's channels.
-
-        Raises:
-          ValueError: On non-NHWC or too-small inputs.
-        """
+        """Embeds images [B, H, W, C]; BN uses batch statistics when training."""
         self._check_inputs(inputs)
         out = self.initial_conv(_stored(inputs))
         out = jax.nn.relu(self.initial_norm(out, is_training))
@@ -315,116 +225,93 @@ class ResNet(hk.Module):
         return jnp.mean(out, axis=(1, 2))
 
 
-_BASIC = dict(
-    bottleneck=False,
-    channels_per_group=(64, 128, 256, 512),
-    use_projection=(False, True, True, True),
-)
-_BOTTLENECK = dict(
-    bottleneck=True,
-    channels_per_group=(256, 512, 1024, 2048),
-    use_projection=(True, True, True, True),
-)
+class Depth(NamedTuple):
+    """An encoder of the table: Haiku module name and `ResNet` arguments."""
+
+    module: str
+    blocks_per_group: tuple[int, ...]
+    bottleneck: bool
+    channels_per_group: tuple[int, ...]
+    use_projection: tuple[bool, ...]
+    stem_channels: int = 64
 
 
-class _FixedDepthResNet(ResNet):
-    """A `ResNet` whose architecture is fixed by class attributes."""
-
-    BLOCKS: tuple[int, ...] = ()
-    CONFIG: dict = {}
-    STEM_CHANNELS = 64
-
-    def __init__(
-        self,
-        *,
-        width_multiplier: int = 1,
-        norm: NormConfig = NormConfig(),  # noqa: B008 (frozen dataclass)
-        small_image: bool = False,
-        name: str | None = None,
-    ):
-        """Constructs the network.
-
-        Args:
-          width_multiplier: Multiplies every conv's channels, the stem's too.
-          norm: Normalisation of every norm slot, and whether convs use WS.
-          small_image: 3x3/1 stem conv without max-pool (28-64 px images).
-          name: Module name (default from the class, e.g. ``res_net50``).
-        """
-        super().__init__(
-            self.BLOCKS,
-            width_multiplier=width_multiplier,
-            norm=norm,
-            small_image=small_image,
-            stem_channels=self.STEM_CHANNELS,
-            name=name,
-            **self.CONFIG,
-        )
+_BASIC = (False, (64, 128, 256, 512), (False, True, True, True))
+_BOTTLENECK = (True, (256, 512, 1024, 2048), (True, True, True, True))
+DEPTHS: dict[str, Depth] = {
+    "resnet18": Depth("res_net18", (2, 2, 2, 2), *_BASIC),
+    "resnet34": Depth("res_net34", (3, 4, 6, 3), *_BASIC),
+    "resnet50": Depth("res_net50", (3, 4, 6, 3), *_BOTTLENECK),
+    "resnet101": Depth("res_net101", (3, 4, 23, 3), *_BOTTLENECK),
+    "resnet152": Depth("res_net152", (3, 8, 36, 3), *_BOTTLENECK),
+    "resnet200": Depth("res_net200", (3, 24, 36, 3), *_BOTTLENECK),
+    # One basic block per stage, channels 8-64 and an 8-channel stem (times the
+    # width): for tests and CPU demos. GN with 16 groups needs width >= 2.
+    "tiny": Depth("tiny_res_net", (1, 1, 1, 1), False, (8, 16, 32, 64), _BASIC[2], 8),
+}
 
 
-class ResNet18(_FixedDepthResNet):
-    """ResNet-18: basic blocks (2, 2, 2, 2), channels (64, 128, 256, 512)."""
+def make_encoder(name: str, **kwargs) -> ResNet:
+    """The encoder `name` of `DEPTHS` (inside `hk.transform`).
 
-    BLOCKS = (2, 2, 2, 2)
-    CONFIG = _BASIC
-
-
-class ResNet34(_FixedDepthResNet):
-    """ResNet-34: basic blocks (3, 4, 6, 3), channels (64, 128, 256, 512)."""
-
-    BLOCKS = (3, 4, 6, 3)
-    CONFIG = _BASIC
-
-
-class ResNet50(_FixedDepthResNet):
-    """ResNet-50: bottleneck blocks (3, 4, 6, 3), channels (256, ..., 2048)."""
-
-    BLOCKS = (3, 4, 6, 3)
-    CONFIG = _BOTTLENECK
-
-
-class ResNet101(_FixedDepthResNet):
-    """ResNet-101: bottleneck blocks (3, 4, 23, 3), channels (256, ..., 2048)."""
-
-    BLOCKS = (3, 4, 23, 3)
-    CONFIG = _BOTTLENECK
-
-
-class ResNet152(_FixedDepthResNet):
-    """ResNet-152: bottleneck blocks (3, 8, 36, 3), channels (256, ..., 2048)."""
-
-    BLOCKS = (3, 8, 36, 3)
-    CONFIG = _BOTTLENECK
-
-
-class ResNet200(_FixedDepthResNet):
-    """ResNet-200: bottleneck blocks (3, 24, 36, 3), channels (256, ..., 2048)."""
-
-    BLOCKS = (3, 24, 36, 3)
-    CONFIG = _BOTTLENECK
-
-
-class TinyResNet(_FixedDepthResNet):
-    """A 1-basic-block-per-stage ResNet for tests and CPU demos.
-
-    Channels (8, 16, 32, 64) and an 8-channel stem, all times
-    ``width_multiplier``; projection shortcuts as ResNet-18. With ``gn`` and
-    16 groups use width_multiplier >= 2 (or fewer groups), since the
-    group count must divide every channel count.
-
-    Example:
-      >>> emb = TinyResNet(small_image=True)(images, True)  # doctest: +SKIP
+    Args:
+      name: a key of `DEPTHS`, e.g. ``resnet50``.
+      **kwargs: ``width_multiplier``, ``norm``, ``small_image``, ``name``.
     """
+    if name not in DEPTHS:
+        raise ValueError(
+            f"encoder {name!r} unknown; expected one of: {', '.join(DEPTHS)}"
+        )
+    module, *architecture = DEPTHS[name]
+    fields = dict(zip(Depth._fields[1:], architecture, strict=True))
+    kwargs.setdefault("name", module)
+    return ResNet(**fields, **kwargs)
 
-    BLOCKS = (1, 1, 1, 1)
-    CONFIG = dict(
-        bottleneck=False,
-        channels_per_group=(8, 16, 32, 64),
-        use_projection=(False, True, True, True),
-    )
-    STEM_CHANNELS = 8
+
+def normalised_widths(encoder: str, width_multiplier: int) -> set[int]:
+    """The channel counts an encoder normalises (what GN's groups must divide)."""
+    depth = DEPTHS[encoder]
+    stages = [c * width_multiplier for c in depth.channels_per_group]
+    widths = {depth.stem_channels * width_multiplier, *stages}
+    return widths | ({c // 4 for c in stages} if depth.bottleneck else set())
 
 
-ENCODERS: dict[str, type] = {
+def ResNet18(**kwargs) -> ResNet:  # noqa: N802 (named as Haiku's)
+    """ResNet-18: basic blocks (2, 2, 2, 2), channels 64-512."""
+    return make_encoder("resnet18", **kwargs)
+
+
+def ResNet34(**kwargs) -> ResNet:  # noqa: N802
+    """ResNet-34: basic blocks (3, 4, 6, 3), channels 64-512."""
+    return make_encoder("resnet34", **kwargs)
+
+
+def ResNet50(**kwargs) -> ResNet:  # noqa: N802
+    """ResNet-50: bottleneck blocks (3, 4, 6, 3), channels 256-2048."""
+    return make_encoder("resnet50", **kwargs)
+
+
+def ResNet101(**kwargs) -> ResNet:  # noqa: N802
+    """ResNet-101: bottleneck blocks (3, 4, 23, 3), channels 256-2048."""
+    return make_encoder("resnet101", **kwargs)
+
+
+def ResNet152(**kwargs) -> ResNet:  # noqa: N802
+    """ResNet-152: bottleneck blocks (3, 8, 36, 3), channels 256-2048."""
+    return make_encoder("resnet152", **kwargs)
+
+
+def ResNet200(**kwargs) -> ResNet:  # noqa: N802
+    """ResNet-200: bottleneck blocks (3, 24, 36, 3), channels 256-2048."""
+    return make_encoder("resnet200", **kwargs)
+
+
+def TinyResNet(**kwargs) -> ResNet:  # noqa: N802
+    """One basic block per stage, channels 8-64 (times the width), 8-channel stem."""
+    return make_encoder("tiny", **kwargs)
+
+
+ENCODERS = {
     "resnet18": ResNet18,
     "resnet34": ResNet34,
     "resnet50": ResNet50,
@@ -435,42 +322,12 @@ ENCODERS: dict[str, type] = {
 }
 
 
-def make_encoder(name: str, **kwargs) -> ResNet:
-    """Constructs an encoder by name (inside `hk.transform`).
-
-    Args:
-      name: A key of `ENCODERS`.
-      **kwargs: ``width_multiplier``, ``norm``, ``small_image``, ``name``.
-
-    Returns:
-      The encoder module.
-
-    Raises:
-      ValueError: On an unknown name.
-
-    Example:
-      >>> def f(images):  # [B, 32, 32, 3] -> [B, 512]
-      ...     enc = make_encoder("resnet18", norm=NormConfig("gn"), small_image=True)
-      ...     return enc(images, is_training=True)
-    """
-    if name not in ENCODERS:
-        raise ValueError(
-            f"encoder {name!r} unknown; expected one of: {', '.join(ENCODERS)}"
-        )
-    return ENCODERS[name](**kwargs)
-
-
 class MLP(hk.Module):
     """Projector / predictor head: Linear -> norm -> ReLU -> Linear.
 
-    Names as DeepMind's BYOL: ``linear`` (with bias), ``batch_norm`` (the norm
-    slot, whatever its kind), ``linear_1`` (no bias). The output is not
-    normalised.
-
-    Example:
-      >>> def project(embedding):  # inside hk.transform: [B, D] -> [B, 256]
-      ...     proj = MLP(4096, 256, norm=NormConfig("gn"), name="projector")
-      ...     return proj(embedding, is_training=True)
+    Named as DeepMind's BYOL MLP (``linear``, ``batch_norm`` whatever the
+    norm's kind, ``linear_1`` without bias); ``norm.ws`` standardises both
+    linear layers. The output is not normalised.
     """
 
     def __init__(
@@ -481,27 +338,16 @@ class MLP(hk.Module):
         norm: NormConfig = NormConfig(),  # noqa: B008 (frozen dataclass)
         name: str | None = None,
     ):
-        """Constructs the head.
-
-        Args:
-          hidden_size: Width of the hidden layer.
-          output_size: Output width.
-          norm: Normalisation of the hidden layer; ``norm.ws`` makes both
-            linear layers weight-standardised.
-          name: Module name (``projector`` / ``predictor`` in BYOL).
-        """
         super().__init__(name=name)
         self.hidden_size = hidden_size
         self.output_size = output_size
         self.norm = norm
 
     def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
-        """Applies the head to [B, D] inputs, returns [B, output_size]."""
         # Built here, not in __init__, so Haiku names them "projector/linear"
-        # (no "~"), as in DeepMind's BYOL MLP and its released checkpoints.
+        # (no "~"), as the released checkpoints do.
         out = _linear(self.norm, self.hidden_size, True, "linear")(x)
-        out = make_norm(self.norm, "batch_norm")(out, is_training)
-        out = jax.nn.relu(out)
+        out = jax.nn.relu(make_norm(self.norm, "batch_norm")(out, is_training))
         return _linear(self.norm, self.output_size, False, "linear_1")(out)
 
 
@@ -516,61 +362,42 @@ class NetworkNorms(NamedTuple):
 _BN = NormConfig(kind="bn")
 _GN = NormConfig(kind="gn", num_groups=16)
 _NONE = NormConfig(kind="none")
-
 NORM_PRESETS: dict[str, NetworkNorms] = {
-    # Vanilla BYOL: BN everywhere.
-    "bn": NetworkNorms(_BN, _BN, _BN),
+    "bn": NetworkNorms(_BN, _BN, _BN),  # vanilla BYOL
     # Richemond et al. 2020: GN (16 groups) everywhere, WS on the encoder convs.
     "gn_ws": NetworkNorms(dataclasses.replace(_GN, ws=True), _GN, _GN),
-    # No normalisation anywhere (collapses: 0.1% top-1 in the report).
-    "none": NetworkNorms(_NONE, _NONE, _NONE),
-    # BN in the encoder only (72.1% at 300 epochs in the report).
-    "bn_encoder": NetworkNorms(_BN, _NONE, _NONE),
+    "none": NetworkNorms(_NONE, _NONE, _NONE),  # collapses (0.1% in the report)
+    "bn_encoder": NetworkNorms(_BN, _NONE, _NONE),  # 72.1% in the report
 }
 
 
 def norm_preset(name: str, **overrides) -> NetworkNorms:
-    """Returns a named set of per-component norms, optionally overridden.
+    """A named set of per-component norms, with overrides.
 
     Args:
-      name: A key of `NORM_PRESETS`.
-      **overrides: Either `NormConfig` fields (e.g. ``num_groups=8``,
-        ``cross_replica_axis="i"``, ``ws_eps=1e-5``), applied to every
-        component; or component names (``encoder``, ``projector``,
-        ``predictor``) with a whole `NormConfig`, applied after the field
-        overrides.
+      name: a key of `NORM_PRESETS`.
+      **overrides: `NormConfig` fields applied to every component (e.g.
+        ``num_groups=8``), or component names (``encoder``, ``projector``,
+        ``predictor``) with a whole `NormConfig`, applied after them.
 
-    Returns:
-      The `NetworkNorms`.
-
-    Raises:
-      ValueError: On an unknown preset or override name, or invalid values.
-
-    Example:
-      >>> norms = norm_preset("bn", cross_replica_axis="i")
-      >>> norms = norm_preset("gn_ws", projector=NormConfig("bn"))
+    >>> norm_preset("gn_ws", num_groups=8).projector.num_groups
+    8
     """
     if name not in NORM_PRESETS:
         raise ValueError(
             f"norm preset {name!r} unknown; expected one of: {', '.join(NORM_PRESETS)}"
         )
     fields = {f.name for f in dataclasses.fields(NormConfig)}
-    components = set(NetworkNorms._fields)
-    unknown = sorted(set(overrides) - fields - components)
+    unknown = sorted(set(overrides) - fields - set(NetworkNorms._fields))
     if unknown:
         allowed = ", ".join(sorted(fields) + list(NetworkNorms._fields))
         raise ValueError(
             f"norm_preset override {unknown[0]!r} unknown; expected one of: {allowed}"
         )
-    field_overrides = {k: v for k, v in overrides.items() if k in fields}
-    norms = NORM_PRESETS[name]
-    norms = NetworkNorms(*(dataclasses.replace(c, **field_overrides) for c in norms))
-    for component in NetworkNorms._fields:
-        if component in overrides:
-            value = overrides[component]
-            if not isinstance(value, NormConfig):
-                raise ValueError(
-                    f"{component} {value!r} invalid; expected a NormConfig"
-                )
-            norms = norms._replace(**{component: value})
-    return norms
+    common = {k: v for k, v in overrides.items() if k in fields}
+    norms = NetworkNorms(
+        *(dataclasses.replace(c, **common) for c in NORM_PRESETS[name])
+    )
+    return norms._replace(
+        **{k: v for k, v in overrides.items() if k in NetworkNorms._fields}
+    )

@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Linear evaluation (mode linear_eval, byol/linear_eval.py) of the newest
     # checkpoint in this pre-training work directory.
     config.evaluation.pretrain_workdir = ""
+    # Or a DeepMind BYOL .pkl (e.g. pretrain_res50x1.pkl) to evaluate instead.
+    config.evaluation.deepmind_checkpoint = ""
     # probe: fast L-BFGS probe on frozen features; reference: the paper's
     # protocol (SGD Nesterov on crop+flip images, lr swept on val, recipe §5).
     config.evaluation.protocol = "probe"

@@ -41,9 +41,8 @@ of this code's evaluation on ImageNet: not measured yet.
 
 import ml_collections
 
+from byol.config_checks import PROTOCOLS
 from configs import common
-
-PROTOCOLS = ("probe", "reference")  # as byol.linear_eval.PROTOCOLS
 
 
 def get_config(arg: str = "protocol=probe") -> ml_collections.ConfigDict:
@@ -66,6 +65,4 @@ def get_config(arg: str = "protocol=probe") -> ml_collections.ConfigDict:
     config.data.data_dir = ""
     config.data.num_threads = 0
     config.evaluation.protocol = protocol
-    # A DeepMind BYOL .pkl to evaluate instead of a pre-training work directory.
-    config.evaluation.deepmind_checkpoint = ""
     return config

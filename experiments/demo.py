@@ -63,7 +63,9 @@ def run(workdir: str, variants, max_steps: int | None) -> list[dict]:
         augmentations,
         byol_experiment,
         data,
-        eval_experiment,
+        metrics,
+        parallel,
+        probe,
         reporting,
         train,
     )
@@ -76,11 +78,10 @@ def run(workdir: str, variants, max_steps: int | None) -> list[dict]:
             config.training.max_steps = max_steps
         print(f"\n== Pre-training BYOL ({variant}) ==", flush=True)
         results = train.pretrain(config, os.path.join(workdir, variant))
-        probe = eval_experiment.ProbeResult(**results["probe"])
         rows.append(
             _probe_row(
                 f"BYOL ({variant})",
-                probe,
+                probe.ProbeResult(**results["probe"]),
                 results["final_scalars"]["collapse"],
                 results["train_seconds_this_run"] / 60,
             )
@@ -100,9 +101,7 @@ def run(workdir: str, variants, max_steps: int | None) -> list[dict]:
             data_dir=config.data.data_dir,
         )
     )
-    state = byol_experiment.unreplicate(
-        experiment.init(jax.random.key(config.seed), batch)
-    )
+    state = parallel.unreplicate(experiment.init(jax.random.key(config.seed), batch))
     images = batch["images"].reshape((-1,) + batch["images"].shape[-3:])
     outputs, _ = experiment.forward.apply(
         state.online_params,
@@ -118,19 +117,19 @@ def run(workdir: str, variants, max_steps: int | None) -> list[dict]:
     rows.append(
         _probe_row(
             f"random init ({variants[0]})",
-            train.run_probe(config, embed, info.num_classes),
-            float(byol_experiment.collapse_indicator(outputs["projection"])),
+            probe.run_probe(config, embed, info.num_classes),
+            float(metrics.collapse_indicator(outputs["projection"])),
         )
     )
 
     def pixels(x):
         return np.asarray(x, np.float32).reshape(len(x), -1) / 255.0
 
-    feats = train.probe_features(config, pixels)
+    feats = probe.probe_features(config, pixels)
     rows.append(
         _probe_row(
             "raw pixels",
-            eval_experiment.linear_probe(
+            probe.linear_probe(
                 feats["train"], feats["val"], feats["test"], info.num_classes
             ),
         )

@@ -335,7 +335,7 @@ def study_runs(
 
 def component_norms(config: ml_collections.ConfigDict) -> tuple[str, str, str]:
     """How encoder, projector and predictor are normalised, for the table."""
-    from byol import byol_experiment  # noqa: PLC0415  (no TensorFlow)
+    from byol import model  # noqa: PLC0415  (no TensorFlow)
 
     if config.model.bn_init:
         return ("BN-stat. init",) * 3
@@ -346,10 +346,8 @@ def component_norms(config: ml_collections.ConfigDict) -> tuple[str, str, str]:
             return "WS" if norm.kind == "none" else f"{names[norm.kind]}+WS"
         return names[norm.kind]
 
-    norms = byol_experiment.network_norms(config.model)
-    predictor = (
-        "—" if config.get("method", "byol") == "simclr" else label(norms.predictor)
-    )
+    norms = model.network_norms(config.model)
+    predictor = "—" if config.method == "simclr" else label(norms.predictor)
     return label(norms.encoder), label(norms.projector), predictor
 
 

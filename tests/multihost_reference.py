@@ -28,6 +28,7 @@ def run(config, workdir: str) -> None:
         checkpointing,
         config_checks,
         data,
+        parallel,
     )
 
     config_checks.check_pretrain_config(config)
@@ -57,7 +58,7 @@ def run(config, workdir: str) -> None:
             state = experiment.init(jax.random.key(config.seed), batch)
         state, _ = experiment.update(state, step, batch)
     checkpointer = checkpointing.Checkpointer(workdir)
-    checkpointer.save(config.training.max_steps, byol_experiment.unreplicate(state), {})
+    checkpointer.save(config.training.max_steps, parallel.unreplicate(state), {})
     checkpointer.close()
 
 

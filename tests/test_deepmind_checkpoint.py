@@ -25,7 +25,8 @@ import numpy as np
 import optax
 import pytest
 
-from byol import byol_experiment, deepmind_checkpoint
+from byol import byol_experiment, deepmind_checkpoint, parallel
+from byol import model as models
 from byol.deepmind_checkpoint import (
     CheckpointFormatError,
     UnsafeCheckpointError,
@@ -446,7 +447,7 @@ def test_reference_resnet50_maps_onto_the_bn_config_network():
     experiment = byol_experiment.ByolExperiment(config, num_classes=1000)
     init = jax.vmap(
         lambda x: experiment.forward.init(jax.random.key(0), x, is_training=True),
-        axis_name=byol_experiment.AXIS,
+        axis_name=parallel.AXIS,
     )
     ours = jax.eval_shape(init, jax.ShapeDtypeStruct((1, 2, 64, 64, 3), jnp.float32))
     for got, want in zip(
@@ -534,8 +535,8 @@ def test_loaded_weights_run_in_our_network(tiny_pickle):
     assert weights.model.projection_size == 16 and weights.initialised == ()
     _assert_same(weights.online_params, online[0])
     _assert_same(weights.target_state, target[1])
-    forward = byol_experiment.make_forward(
-        weights.model, byol_experiment.network_norms(weights.model), 10
+    forward = models.make_forward(
+        weights.model, models.network_norms(weights.model), 10
     )
     images = jnp.ones((2, 16, 16, 3))
     out, _ = forward.apply(

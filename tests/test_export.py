@@ -125,14 +125,15 @@ def workdir(tmp_path_factory):
     would take ~30 s of XLA compilation on a CPU.
     """
     pytest.importorskip("tensorflow")
-    from byol import checkpointing, config_checks, data  # noqa: PLC0415
+    from byol import checkpointing, data  # noqa: PLC0415
+    from byol import run_dir as run_dirs  # noqa: PLC0415
     from tests.fixtures import tiny_config, write_fake_fashion_mnist  # noqa: PLC0415
 
     data_dir = tmp_path_factory.mktemp("fm_data")
     write_fake_fashion_mnist(str(data_dir), num_train=80, num_test=20)
     config = tiny_config(data_dir, norm="bn", max_steps=STEP)
     run_dir = str(tmp_path_factory.mktemp("pretrain"))
-    config_checks.check_workdir(run_dir, config)
+    run_dirs.record_config(run_dir, config)
     info = data.dataset_info("fashion_mnist", str(data_dir), val_size=50)
     experiment = byol_experiment.ByolExperiment(config, info.num_classes)
     batch = {

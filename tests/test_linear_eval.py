@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from byol import (  # noqa: E402
-    byol_experiment,
     config_checks,
     data,
-    eval_experiment,
     linear_eval,
+    parallel,
+    probe,
     train,
 )
 from byol import main as byol_main  # noqa: E402
@@ -71,7 +71,7 @@ def test_probe_protocol_reproduces_the_pretraining_probe(pretrained, tmp_path):
         "probe",
         PRETRAIN_STEPS,
     )
-    assert results["l2"] in eval_experiment.DEFAULT_L2_GRID
+    assert results["l2"] in probe.DEFAULT_L2_GRID
     # The final probe of pre-training ran on the same (final) parameters: the
     # restored checkpoint must give the same features, hence the same fit.
     for key in ("top1", "top5", "val_top1", "l2"):
@@ -102,7 +102,7 @@ def test_encoder_stays_frozen_and_classifiers_learn(pretrained):
     encoder = linear_eval.restore_encoder(_eval_config(pretrain_dir, "reference"))
     experiment = linear_eval.LinearEvalExperiment(encoder, 16, total_steps=10)
     initial = experiment.init(jax.random.key(0), num_learning_rates=len(RATES))
-    state = train.replicate(initial)
+    state = parallel.replicate(initial)
     batches = data.load(
         "fashion_mnist",
         "train_minus_val",
@@ -113,10 +113,10 @@ def test_encoder_stays_frozen_and_classifiers_learn(pretrained):
         val_size=config.data.val_size,
     )
     state, _ = experiment.update(state, 0, next(batches), RATES)
-    first = byol_experiment.unreplicate(state.classifier)
+    first = parallel.unreplicate(state.classifier)
     for step in (1, 2):
         state, scalars = experiment.update(state, step, next(batches), RATES)
-    final = byol_experiment.unreplicate(state)
+    final = parallel.unreplicate(state)
 
     # The encoder, BN moving statistics included (inference mode), is untouched.
     assert jax.tree.leaves(encoder.state), "a BN model has moving statistics"
@@ -213,7 +213,7 @@ def test_check_linear_eval_config_names_the_field(field, value):
     config = _eval_config("somewhere", "reference")
     config.evaluation[field] = value
     with pytest.raises(ValueError, match=f"evaluation.{field}"):
-        linear_eval.check_linear_eval_config(config)
+        config_checks.check_linear_eval_config(config)
 
 
 # ------------------------------------------------------------------ configs
@@ -254,7 +254,7 @@ def test_config_file_loads_and_passes_checks(name):
         else:
             assert config.mode == "linear_eval"
             config.evaluation.pretrain_workdir = "workdirs/somewhere"
-            linear_eval.check_linear_eval_config(config)
+            config_checks.check_linear_eval_config(config)
 
 
 @pytest.mark.parametrize("name", ["imagenette", "cifar10", "stl10", "eval"])

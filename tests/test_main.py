@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from byol import config_checks
+from byol import run_dir as run_dirs
 from tests.fixtures import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,17 +138,17 @@ def test_image_size_the_encoder_cannot_take(small_image, size, minimum):
 def test_workdir_with_checkpoints_of_another_config(tmp_path):
     workdir = str(tmp_path)
     config = tiny_config("unused")
-    config_checks.check_workdir(workdir, config)  # first run: records the config
+    run_dirs.record_config(workdir, config)  # first run: records the config
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["model"]["projection_size"] == 16
     os.makedirs(os.path.join(workdir, "checkpoints"))
-    config_checks.check_workdir(workdir, config)  # same config: resumable
+    run_dirs.record_config(workdir, config)  # same config: resumable
     other = tiny_config("unused")
     other.training.base_learning_rate = 0.5  # not an architecture field
-    config_checks.check_workdir(workdir, other)
+    run_dirs.record_config(workdir, other)
     other.model.projection_size = 32
     with pytest.raises(ValueError) as info:
-        config_checks.check_workdir(workdir, other)
+        run_dirs.record_config(workdir, other)
     message = str(info.value)
     assert "\n" not in message
     assert "model.projection_size was 16, now 32" in message
@@ -163,19 +164,19 @@ def test_workdir_of_a_run_from_before_simclr_counts_as_byol(tmp_path):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(saved, f)
     os.makedirs(os.path.join(workdir, "checkpoints"))
-    config_checks.check_workdir(workdir, config)  # BYOL: resumable
+    run_dirs.record_config(workdir, config)  # BYOL: resumable
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(saved, f)
     config.method = "simclr"
     with pytest.raises(ValueError, match="method was 'byol', now 'simclr'"):
-        config_checks.check_workdir(workdir, config)
+        run_dirs.record_config(workdir, config)
 
 
 def test_workdir_without_checkpoints_takes_any_config(tmp_path):
     workdir = str(tmp_path)
-    config_checks.check_workdir(workdir, tiny_config("unused"))
+    run_dirs.record_config(workdir, tiny_config("unused"))
     other = tiny_config("unused", norm="bn")
-    config_checks.check_workdir(workdir, other)  # nothing to resume: no error
+    run_dirs.record_config(workdir, other)  # nothing to resume: no error
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["model"]["norm"] == "bn"
 
@@ -447,7 +448,7 @@ def test_pretrain_workdir_of_another_architecture_is_refused(tmp_path):
     write_fake_fashion_mnist(str(tmp_path / "data"), num_train=60, num_test=10)
     workdir = tmp_path / "workdir"
     (workdir / "checkpoints").mkdir(parents=True)
-    config_checks.check_workdir(str(workdir), tiny_config("x"))  # a tiny run's
+    run_dirs.record_config(str(workdir), tiny_config("x"))  # a tiny run's
     config = tiny_config(str(tmp_path / "data"))
     config.model.encoder = "resnet18"
     with pytest.raises(ValueError) as caught:

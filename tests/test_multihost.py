@@ -200,7 +200,7 @@ def test_probe_of_process_0_saw_every_shard(runs):
     With a cap of M train examples each of P processes embeds the first M / P
     of its contiguous shard; validation and test are used whole.
     """
-    from byol import byol_experiment, eval_experiment, train  # noqa: PLC0415
+    from byol import byol_experiment, probe  # noqa: PLC0415
     from byol.data import sampling  # noqa: PLC0415
     from tests.fixtures import tiny_config  # noqa: PLC0415
 
@@ -211,7 +211,7 @@ def test_probe_of_process_0_saw_every_shard(runs):
     def embed(images):
         return experiment.embed(online["online_params"], online["online_state"], images)
 
-    feats = train.probe_features(config, embed)  # one process: whole splits
+    feats = probe.probe_features(config, embed)  # one process: whole splits
     cap = config.evaluation.probe_max_train_examples
     x, y = feats["train"]
     rows = np.concatenate(
@@ -220,9 +220,7 @@ def test_probe_of_process_0_saw_every_shard(runs):
             for start, end in (sampling.shard_bounds(len(x), p, 2) for p in range(2))
         ]
     )
-    expected = eval_experiment.linear_probe(
-        (x[rows], y[rows]), feats["val"], feats["test"], 10
-    )
+    expected = probe.linear_probe((x[rows], y[rows]), feats["val"], feats["test"], 10)
     probe = runs["results"]["probe"]
     for key, value in expected._asdict().items():
         np.testing.assert_allclose(probe[key], value, rtol=1e-6, err_msg=key)

@@ -158,8 +158,8 @@ def test_encoder_registry():
         "resnet200",
         "tiny",
     ]
-    for cls in ENCODERS.values():
-        assert issubclass(cls, ResNet)
+    for factory in ENCODERS.values():
+        hk.transform(lambda: isinstance(factory(), ResNet) or 1 / 0).init(None)
     with pytest.raises(ValueError, match=r"^encoder 'resnet51' unknown; .*resnet50"):
         make_encoder("resnet51")
 
@@ -230,9 +230,7 @@ def test_bad_inputs(small_image, shape, match):
 
 def test_gn_groups_not_dividing_channels():
     norm = NormConfig("gn", num_groups=16)
-    with pytest.raises(
-        ValueError, match=r"^num_groups 16 .*8 channels of tiny_res_net"
-    ):
+    with pytest.raises(ValueError, match=r"channels=8, groups=16"):
         _shapes(lambda x, t: TinyResNet(norm=norm)(x, t))
     _shapes(lambda x, t: TinyResNet(norm=norm, width_multiplier=2)(x, t))
 
@@ -442,7 +440,6 @@ def test_norm_preset_overrides():
     [
         (("gn",), {}, r"^norm preset 'gn' unknown; expected one of: bn, gn_ws, none"),
         (("bn",), {"groups": 8}, r"^norm_preset override 'groups' unknown"),
-        (("bn",), {"encoder": "gn"}, r"^encoder 'gn' invalid"),
         (("bn",), {"kind": "bm"}, r"^kind 'bm' unknown"),
     ],
 )

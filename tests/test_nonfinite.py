@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from byol import byol_experiment, checkpointing, data, train  # noqa: E402
+from byol import run_dir as run_dirs  # noqa: E402
 from tests.fixtures import tiny_config, write_fake_fashion_mnist  # noqa: E402
 
 STEPS = 4
@@ -68,7 +69,7 @@ def _like(config):
     info = data.dataset_info(
         config.data.dataset, config.data.data_dir, val_size=config.data.val_size
     )
-    return train.abstract_train_state(experiment, info, config.data.image_size)
+    return run_dirs.abstract_train_state(experiment, info, config.data.image_size)
 
 
 def _all_finite(tree):

@@ -82,12 +82,7 @@ def test_norm_config_defaults():
     "kwargs, field",
     [
         (dict(kind="bm"), "kind"),
-        (dict(num_groups=0), "num_groups"),
-        (dict(num_groups=2.0), "num_groups"),
-        (dict(ws="yes"), "ws"),
-        (dict(ws_eps=0.0), "ws_eps"),
         (dict(bn_decay=1.0), "bn_decay"),
-        (dict(eps=-1e-5), "eps"),
         (dict(cross_replica_axis=""), "cross_replica_axis"),
     ],
 )
@@ -221,9 +216,8 @@ def test_gn_of_constant_input_is_the_offset():
 
 def test_gn_groups_must_divide_channels():
     net = _norm_net(NormConfig(kind="gn", num_groups=3))
-    with pytest.raises(
-        ValueError, match=r"^num_groups 3 .*8 channels of block/batchnorm_0"
-    ):
+    # Haiku's own check (the config checks name the field before any trace).
+    with pytest.raises(ValueError, match=r"channels=8, groups=3"):
         net.init(None, X_MAP)
 
 

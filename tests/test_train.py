@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from byol import byol_experiment, checkpointing, train  # noqa: E402
+from byol import byol_experiment, checkpointing, parallel, train  # noqa: E402
 from tests.fixtures import tiny_config, write_fake_fashion_mnist  # noqa: E402
 
 STEPS = 4
@@ -213,11 +213,11 @@ def test_fewer_steps_than_the_newest_checkpoint_is_an_error(runs, tmp_path):
 
 def test_replicate_lays_out_arrays_as_pmap_does():
     tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    replicated = train.replicate(tree)
+    replicated = parallel.replicate(tree)
     assert replicated["w"].shape == (jax.local_device_count(), 2, 3)
     for shard in replicated["w"].addressable_shards:
         np.testing.assert_array_equal(shard.data[0], tree["w"])
-    step = jax.pmap(lambda x: x + 1, axis_name=byol_experiment.AXIS)
+    step = jax.pmap(lambda x: x + 1, axis_name=parallel.AXIS)
     # Same sharding as pmap's outputs, so a restored state does not make the
     # next pmapped step compile again.
     assert replicated["w"].sharding == step(replicated["w"]).sharding
