@@ -24,6 +24,17 @@ def _launched_as_several_processes() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
+def local_process_count() -> int:
+    """How many processes a launcher started on this host (1 when unknown)."""
+    env = os.environ
+    for name in ("SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        # SLURM writes e.g. "8" or "8(x4)" (the same on 4 nodes).
+        value = env.get(name, "").split("(")[0].split(",")[0]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
 def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,

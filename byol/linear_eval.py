@@ -48,6 +48,7 @@ from byol import (
     schedules,
 )
 from byol import run_dir as run_dirs
+from byol.data import device, pipeline
 
 RESULTS_FILE = "linear_eval_results.json"
 # The reference's training preprocessing: crop and flip, nothing else.
@@ -320,7 +321,7 @@ def _train_classifiers(config, encoder, experiment, steps, rates):
     run = encoder.config.data
     batch_size = config.evaluation.batch_size
     state = parallel.replicate(experiment.init(jax.random.key(config.seed), len(rates)))
-    batches = data.load(
+    batches = pipeline.load(
         run.dataset,
         "train_minus_val",
         is_training=True,
@@ -334,7 +335,7 @@ def _train_classifiers(config, encoder, experiment, steps, rates):
         val_size=None if run.val_size < 0 else run.val_size,
         skip_bad_images=run.skip_corrupt_images,
     )
-    batches = data.prefetch_to_device(batches, size=2)
+    batches = device.prefetch_to_device(batches, size=2)
     progress = reporting.Progress(steps, 0, batch_size)
     started, losses = time.perf_counter(), np.full(len(rates), np.nan)
     try:

@@ -119,7 +119,7 @@ def main(argv) -> None:
     # Orbax and tfds log every file they touch at INFO; the progress line is ours.
     logging.set_verbosity(logging.WARNING)
     set_cpu_flags(_CPU_DEVICES.value)
-    _quiet_orbax_leftovers()
+    quiet_orbax_leftovers()
     from byol import checkpointing  # noqa: PLC0415  (after the XLA flags)
 
     try:
@@ -141,7 +141,7 @@ def main(argv) -> None:
         sys.exit(1)
 
 
-def _quiet_orbax_leftovers() -> None:
+def quiet_orbax_leftovers() -> None:
     """Silences the noise a failed orbax restore leaves at exit.
 
     When one array of a corrupt checkpoint fails to read, orbax abandons the

@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from byol import data, metrics
+from byol import metrics
+from byol.data import pipeline
 
 # L2 penalties tried on the validation part; the best one is reported.
 DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -36,7 +37,7 @@ class ProbeResult(NamedTuple):
 
 def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int):
     """One ordered, padded pass over this process's shard of a labelled split."""
-    return data.load(
+    return pipeline.load(
         data_config.dataset,
         split,
         is_training=False,

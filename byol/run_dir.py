@@ -20,7 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from byol import byol_experiment, checkpointing, data, simclr_experiment
+from byol import byol_experiment, checkpointing, simclr_experiment
+from byol.data import pipeline
 from configs import common
 
 CONFIG_FILE = "config.json"
@@ -90,7 +91,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def dataset_info(config: ml_collections.ConfigDict):
     """`byol.data.dataset_info` of the config's dataset."""
-    return data.dataset_info(
+    return pipeline.dataset_info(
         config.data.dataset,
         config.data.data_dir,
         val_size=None if config.data.val_size < 0 else config.data.val_size,

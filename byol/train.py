@@ -20,8 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from byol import checkpointing, config_checks, data, parallel, probe, reporting
+from byol import checkpointing, config_checks, parallel, probe, reporting
 from byol import run_dir as run_dirs
+from byol.data import device, pipeline
 
 METHOD_NAMES = {"byol": "BYOL", "simclr": "SimCLR"}  # as titles write them
 RESULTS_FILE = "results.json"
@@ -101,7 +102,7 @@ def _restore_or_init(config, experiment, info, checkpointer) -> _Run:
     like = run_dirs.abstract_train_state(experiment, info, config.data.image_size)
     restored = checkpointer.restore_latest(like)
     start_step = restored.step if restored else 0
-    batches = data.prefetch_to_device(_train_batches(config, start_step), size=2)
+    batches = device.prefetch_to_device(_train_batches(config, start_step), size=2)
     first = next(batches)
     if restored:
         state = parallel.replicate(restored.state)
@@ -124,7 +125,7 @@ def _prepend(first, rest):
 
 
 def _train_batches(config, start_step: int):
-    return data.load(
+    return pipeline.load(
         config.data.dataset,
         "train",
         is_training=True,

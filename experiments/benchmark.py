@@ -54,9 +54,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from byol import byol_experiment, config_checks, data
+from byol import byol_experiment, config_checks
 from byol import main as byol_main
-from byol.data import catalog
+from byol.data import catalog, device, pipeline
 
 # Classes of the datasets a synthetic batch can stand in for (labels only).
 _NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000}
@@ -113,11 +113,11 @@ def num_classes(config: ml_collections.ConfigDict, synthetic: bool) -> int:
     """Classes of the config's dataset (a synthetic run reads no dataset)."""
     if synthetic:
         return _NUM_CLASSES.get(catalog.base_name(config.data.dataset), 10)
-    return data.dataset_info(config.data.dataset, config.data.data_dir).num_classes
+    return pipeline.dataset_info(config.data.dataset, config.data.data_dir).num_classes
 
 
 def _train_batches(config, batch_dims) -> Iterator[dict[str, np.ndarray]]:
-    return data.load(
+    return pipeline.load(
         config.data.dataset,
         "train",
         is_training=True,
@@ -233,7 +233,7 @@ def measure_matmul(
     x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
     xs = jax.device_put(
         np.broadcast_to(np.asarray(x), (len(devices), size, size)),
-        data.device_sharding(devices),
+        device.device_sharding(devices),
     )
 
     def rate(fn, operand, flops_per_call):
@@ -375,7 +375,7 @@ def run_benchmark(
     load_start = os.getloadavg()[0]
 
     experiment = byol_experiment.ByolExperiment(config, num_classes(config, synthetic))
-    sharding = data.device_sharding()
+    sharding = device.device_sharding()
     host_batch = (
         synthetic_batch(config, num_devices)
         if synthetic
@@ -416,7 +416,7 @@ def run_benchmark(
     if synthetic:
         host, loop = None, None
         prefetched = measure_pipeline(
-            data.prefetch_to_device(itertools.repeat(host_batch), size=2),
+            device.prefetch_to_device(itertools.repeat(host_batch), size=2),
             batch_size,
             pipeline_batches,
             windows,
@@ -426,12 +426,12 @@ def run_benchmark(
             _train_batches(config, batch_dims), batch_size, pipeline_batches, windows
         )
         prefetched = measure_pipeline(
-            data.prefetch_to_device(_train_batches(config, batch_dims), size=2),
+            device.prefetch_to_device(_train_batches(config, batch_dims), size=2),
             batch_size,
             pipeline_batches,
             windows,
         )
-        batches = data.prefetch_to_device(_train_batches(config, batch_dims), size=2)
+        batches = device.prefetch_to_device(_train_batches(config, batch_dims), size=2)
         run_steps(1, batches)  # Fills the prefetch queue.
         loop = _summary(
             time_windows(lambda: run_steps(per_window, batches), windows)[0]

@@ -62,13 +62,13 @@ def run(workdir: str, variants, max_steps: int | None) -> list[dict]:
     from byol import (  # noqa: PLC0415
         augmentations,
         byol_experiment,
-        data,
         metrics,
         parallel,
         probe,
         reporting,
         train,
     )
+    from byol.data import pipeline  # noqa: PLC0415
     from configs import fashion_mnist  # noqa: PLC0415
 
     rows, histories = [], {}
@@ -90,10 +90,10 @@ def run(workdir: str, variants, max_steps: int | None) -> list[dict]:
 
     # The same encoder, untrained: its random features are the bar to clear.
     config = fashion_mnist.get_config(variants[0])
-    info = data.dataset_info(config.data.dataset, config.data.data_dir)
+    info = pipeline.dataset_info(config.data.dataset, config.data.data_dir)
     experiment = byol_experiment.ByolExperiment(config, info.num_classes)
     batch = next(
-        data.load(
+        pipeline.load(
             config.data.dataset,
             "train",
             is_training=True,
@@ -216,9 +216,11 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     del argv
     workdir, variants = holders["workdir"].value, holders["variants"].value
     logging.set_verbosity(logging.WARNING)
+    from byol import main as byol_main  # noqa: PLC0415
     from byol.xla_flags import set_cpu_flags  # noqa: PLC0415
 
     set_cpu_flags(2)
+    byol_main.quiet_orbax_leftovers()
     rows = run(workdir, variants, holders["max_steps"].value)
     table = format_table(rows)
     os.makedirs(workdir, exist_ok=True)

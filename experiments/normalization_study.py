@@ -831,9 +831,11 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     """Runs (or with --dry_run, validates) the study the flags describe."""
     del argv
     logging.set_verbosity(logging.WARNING)
+    from byol import main as byol_main  # noqa: PLC0415
     from byol.xla_flags import set_cpu_flags  # noqa: PLC0415
 
     set_cpu_flags(2)
+    byol_main.quiet_orbax_leftovers()
     from byol import config_checks  # noqa: PLC0415  (after the XLA flags)
 
     scale, out = holders["scale"].value, holders["out"].value

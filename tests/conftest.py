@@ -6,3 +6,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 )
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# In-process runs see orbax's leftovers of a failed restore as byol.main does.
+from byol import main  # noqa: E402
+
+main.quiet_orbax_leftovers()

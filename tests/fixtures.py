@@ -29,9 +29,9 @@ def write_fake_fashion_mnist(data_dir, num_train=300, num_test=70, seed=0):
         `{"train": (images, labels), "test": (images, labels)}`, uint8 arrays
         as written ([N, 28, 28] and [N]).
     """
-    from byol.data import sources  # noqa: PLC0415  (imports TensorFlow)
+    from byol.data import fashion_mnist  # noqa: PLC0415  (imports TensorFlow)
 
-    idx_dir = sources.fashion_mnist_manual_dir(str(data_dir))
+    idx_dir = fashion_mnist.manual_dir(str(data_dir))
     os.makedirs(idx_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     arrays = {}

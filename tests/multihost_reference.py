@@ -27,16 +27,16 @@ def run(config, workdir: str) -> None:
         byol_experiment,
         checkpointing,
         config_checks,
-        data,
         parallel,
     )
+    from byol.data import pipeline  # noqa: PLC0415
 
     config_checks.check_pretrain_config(config)
-    info = data.dataset_info(config.data.dataset, config.data.data_dir, val_size=50)
+    info = pipeline.dataset_info(config.data.dataset, config.data.data_dir, val_size=50)
     local_devices = jax.device_count() // PROCESSES
     per_device = config_checks.per_device_batch(config.training.batch_size)
     streams = [
-        data.load(
+        pipeline.load(
             config.data.dataset,
             "train",
             is_training=True,

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from byol import data
-from byol.data import catalog, sampling
+from byol.data import catalog, device, sampling
 
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from byol.data import preprocess, sources  # noqa: E402  (needs TensorFlow)
+from byol.data import pipeline, prepare, preprocess, sources  # noqa: E402
 from tests.fixtures import write_fake_fashion_mnist  # noqa: E402
 
 NUM_TRAIN, NUM_TEST, VAL = 300, 70, 50
@@ -33,7 +33,9 @@ def fm(tmp_path_factory):
 def _load(fm_dir, split, **kwargs):
     kwargs.setdefault("process_index", 0)
     kwargs.setdefault("process_count", 1)
-    return data.load("fashion_mnist", split, data_dir=fm_dir, val_size=VAL, **kwargs)
+    return pipeline.load(
+        "fashion_mnist", split, data_dir=fm_dir, val_size=VAL, **kwargs
+    )
 
 
 def _eval_pass(fm_dir, split, batch_dims=(2, 16), **kwargs):
@@ -67,7 +69,7 @@ def test_import_does_not_import_tensorflow():
 
 def test_fashion_mnist_built_from_idx_files(fm):
     fm_dir, arrays = fm
-    info = data.dataset_info("fashion_mnist", data_dir=fm_dir, val_size=VAL)
+    info = pipeline.dataset_info("fashion_mnist", data_dir=fm_dir, val_size=VAL)
     assert info.num_examples == {
         "train": NUM_TRAIN,
         "train_minus_val": NUM_TRAIN - VAL,
@@ -142,7 +144,7 @@ def test_missing_datasets_say_how_to_get_them(tmp_path):
     }
     for name, hint in cases.items():
         with pytest.raises(data.DatasetNotFoundError) as caught:
-            data.dataset_info(name, data_dir=empty)
+            pipeline.dataset_info(name, data_dir=empty)
         message = str(caught.value)
         assert hint in message and empty in message and "\n" not in message
 
@@ -150,11 +152,11 @@ def test_missing_datasets_say_how_to_get_them(tmp_path):
 def test_bad_names_raise_value_error(fm):
     fm_dir, _ = fm
     with pytest.raises(ValueError, match="dataset 'mnist' unknown; expected one of"):
-        data.load(
+        pipeline.load(
             "mnist", "train", is_training=True, batch_dims=[2, 4], data_dir=fm_dir
         )
     with pytest.raises(ValueError, match="split 'valid' unknown"):
-        data.load("fashion_mnist", "valid", is_training=True, batch_dims=[2, 4])
+        pipeline.load("fashion_mnist", "valid", is_training=True, batch_dims=[2, 4])
 
 
 def test_stl10_splits_add_unlabelled_to_train():
@@ -299,11 +301,11 @@ def folder(tmp_path_factory):
 def _folder_load(root, split, **kwargs):
     kwargs.setdefault("process_index", 0)
     kwargs.setdefault("process_count", 1)
-    return data.load(f"image_folder:{root}", split, image_size=16, **kwargs)
+    return pipeline.load(f"image_folder:{root}", split, image_size=16, **kwargs)
 
 
 def test_image_folder_host_crops_two_views(folder):
-    info = data.dataset_info(f"image_folder:{folder}")
+    info = pipeline.dataset_info(f"image_folder:{folder}")
     assert info.num_examples == {
         "train": 24,
         "train_minus_val": 22,
@@ -342,10 +344,8 @@ def test_image_folder_resume_reproduces_crops(folder):
 def test_image_folder_eval_is_centre_crop(folder):
     batches = list(_folder_load(folder, "test", is_training=False, batch_dims=(2, 4)))
     assert sum(int(b["mask"].sum()) for b in batches) == 10
-    source = sources.SplitSource(
-        sources.open_dataset(f"image_folder:{folder}", ""), "test"
-    )
-    paths, labels = source.read_encoded(np.arange(10))
+    source = sources.open_split(f"image_folder:{folder}", "", "test")
+    paths, labels = source.paths, source.labels
     images = np.concatenate([b["images"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(
         np.concatenate([b["labels"][b["mask"]] for b in batches]), labels
@@ -422,7 +422,7 @@ def test_truncated_image_named_before_any_batch(tmp_path, caplog):
         f.write(encoded[: len(encoded) // 3])  # an interrupted copy
     # Found when the folder is opened (the decoder confirms it), not mid-epoch.
     with pytest.raises(ValueError) as caught:
-        data.dataset_info(f"image_folder:{root}")
+        pipeline.dataset_info(f"image_folder:{root}")
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(
@@ -430,7 +430,7 @@ def test_truncated_image_named_before_any_batch(tmp_path, caplog):
     )
     assert message.endswith("set data.skip_corrupt_images=True to leave such files out")
     with caplog.at_level("WARNING"):
-        info = data.dataset_info(f"image_folder:{root}", skip_bad_images=True)
+        info = pipeline.dataset_info(f"image_folder:{root}", skip_bad_images=True)
         batches = list(
             _folder_load(
                 root,
@@ -450,7 +450,7 @@ def test_jpeg_with_trailing_bytes_is_not_truncated(tmp_path):
     encoded = _jpeg_folder(root)
     with open(os.path.join(root, "1.jpg"), "ab") as f:
         f.write(b"appended by a camera")  # after the end marker: decodes fine
-    assert data.dataset_info(f"image_folder:{root}").num_examples["train"] == 3
+    assert pipeline.dataset_info(f"image_folder:{root}").num_examples["train"] == 3
     del encoded
 
 
@@ -459,11 +459,11 @@ def test_unreadable_file_named_before_any_batch(tmp_path):
     _jpeg_folder(root)
     os.symlink(os.path.join(root, "gone.jpg"), os.path.join(root, "link.jpg"))
     with pytest.raises(ValueError) as caught:
-        data.dataset_info(f"image_folder:{root}")
+        pipeline.dataset_info(f"image_folder:{root}")
     assert str(caught.value).startswith(
         f"{os.path.join(root, 'link.jpg')} cannot be read (No such file or directory);"
     )
-    info = data.dataset_info(f"image_folder:{root}", skip_bad_images=True)
+    info = pipeline.dataset_info(f"image_folder:{root}", skip_bad_images=True)
     assert info.num_examples["train"] == 3
 
 
@@ -571,14 +571,20 @@ def test_tfds_jpeg_dataset_converted_to_array_record(tmp_path):
     FakeImagenette(data_dir=data_dir).download_and_prepare(file_format="tfrecord")
     kwargs = dict(image_size=16, data_dir=data_dir, process_index=0, process_count=1)
     with pytest.raises(data.DatasetNotFoundError, match="byol.data.prepare imagenette"):
-        data.load("imagenette", "train", is_training=True, batch_dims=(1, 4), **kwargs)
-    data.prepare_dataset("imagenette", data_dir)
+        pipeline.load(
+            "imagenette", "train", is_training=True, batch_dims=(1, 4), **kwargs
+        )
+    prepare.prepare_dataset("imagenette", data_dir)
     batch = next(
-        data.load("imagenette", "train", is_training=True, batch_dims=(1, 4), **kwargs)
+        pipeline.load(
+            "imagenette", "train", is_training=True, batch_dims=(1, 4), **kwargs
+        )
     )
     assert batch["view1"].shape == (1, 4, 16, 16, 3)
     batches = list(
-        data.load("imagenette", "test", is_training=False, batch_dims=(2, 2), **kwargs)
+        pipeline.load(
+            "imagenette", "test", is_training=False, batch_dims=(2, 2), **kwargs
+        )
     )
     labels = np.concatenate([b["labels"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(np.sort(labels), np.sort(np.arange(6) % 10))
@@ -597,7 +603,7 @@ def test_prefetch_to_device_shards_without_copy():
         }
         for i in range(5)
     ]
-    out = list(data.prefetch_to_device(iter(host), size=2))
+    out = list(device.prefetch_to_device(iter(host), size=2))
     assert len(out) == 5
     pmapped = jax.pmap(lambda b: b["images"].astype(np.int32) + b["labels"][:, None])
     reference = pmapped(host[0])  # pmap's own output sharding.
@@ -615,7 +621,7 @@ def test_prefetch_to_device_shards_without_copy():
     result = donating(out[3]["images"])
     assert out[3]["images"].is_deleted()
     np.testing.assert_array_equal(np.asarray(result), host[3]["images"] + 1)
-    reordered = data.device_sharding(devices[::-1])
+    reordered = device.device_sharding(devices[::-1])
     copied = jax.device_put(host[3]["images"], reordered)
     donating(copied)
     assert not copied.is_deleted()
@@ -629,7 +635,7 @@ def test_prefetch_keeps_size_batches_ahead():
             pulled.append(i)
             yield {"x": np.zeros((2, 1), np.float32) + i}
 
-    stream = data.prefetch_to_device(source(), size=3)
+    stream = device.prefetch_to_device(source(), size=3)
     next(stream)
     assert pulled == [0, 1, 2, 3]  # One consumed, three in flight.
 
@@ -642,7 +648,7 @@ def test_prefetch_keeps_size_batches_ahead():
     reason="real fashion_mnist not prepared in data/",
 )
 def test_real_fashion_mnist_sizes():
-    info = data.dataset_info("fashion_mnist", data_dir=os.path.join(REPO, "data"))
+    info = pipeline.dataset_info("fashion_mnist", data_dir=os.path.join(REPO, "data"))
     assert info.num_examples == {
         "train": 60_000,
         "train_minus_val": 50_000,

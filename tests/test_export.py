@@ -125,8 +125,9 @@ def workdir(tmp_path_factory):
     would take ~30 s of XLA compilation on a CPU.
     """
     pytest.importorskip("tensorflow")
-    from byol import checkpointing, data  # noqa: PLC0415
+    from byol import checkpointing  # noqa: PLC0415
     from byol import run_dir as run_dirs  # noqa: PLC0415
+    from byol.data import pipeline  # noqa: PLC0415
     from tests.fixtures import tiny_config, write_fake_fashion_mnist  # noqa: PLC0415
 
     data_dir = tmp_path_factory.mktemp("fm_data")
@@ -134,7 +135,7 @@ def workdir(tmp_path_factory):
     config = tiny_config(data_dir, norm="bn", max_steps=STEP)
     run_dir = str(tmp_path_factory.mktemp("pretrain"))
     run_dirs.record_config(run_dir, config)
-    info = data.dataset_info("fashion_mnist", str(data_dir), val_size=50)
+    info = pipeline.dataset_info("fashion_mnist", str(data_dir), val_size=50)
     experiment = byol_experiment.ByolExperiment(config, info.num_classes)
     batch = {
         "images": jax.ShapeDtypeStruct((2, 1, 28, 28, 1), jnp.uint8),

@@ -42,9 +42,10 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kill")
     data_dir = str(tmp / "data")
     write_fake_fashion_mnist(data_dir)
-    from byol import data  # noqa: PLC0415
 
-    data.dataset_info("fashion_mnist", data_dir, val_size=50)  # builds it, once
+    from byol.data import pipeline  # noqa: PLC0415
+
+    pipeline.dataset_info("fashion_mnist", data_dir, val_size=50)  # builds it, once
     env = child_env(tmp / "xla_cache")
 
     def command(workdir):

@@ -17,13 +17,13 @@ pytest.importorskip("tensorflow")
 
 from byol import (  # noqa: E402
     config_checks,
-    data,
     linear_eval,
     parallel,
     probe,
     train,
 )
 from byol import main as byol_main  # noqa: E402
+from byol.data import pipeline  # noqa: E402
 from configs import common  # noqa: E402
 from configs import eval as eval_configs  # noqa: E402
 from tests.fixtures import tiny_config, write_fake_fashion_mnist  # noqa: E402
@@ -103,7 +103,7 @@ def test_encoder_stays_frozen_and_classifiers_learn(pretrained):
     experiment = linear_eval.LinearEvalExperiment(encoder, 16, total_steps=10)
     initial = experiment.init(jax.random.key(0), num_learning_rates=len(RATES))
     state = parallel.replicate(initial)
-    batches = data.load(
+    batches = pipeline.load(
         "fashion_mnist",
         "train_minus_val",
         is_training=True,

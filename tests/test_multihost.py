@@ -101,9 +101,10 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
     data_dir = str(tmp / "data")
     write_fake_fashion_mnist(data_dir)
-    from byol import data  # noqa: PLC0415
 
-    data.dataset_info("fashion_mnist", data_dir, val_size=50)  # builds it, once
+    from byol.data import pipeline  # noqa: PLC0415
+
+    pipeline.dataset_info("fashion_mnist", data_dir, val_size=50)  # builds it, once
     common = tiny_cli_flags(
         data_dir,
         max_steps=STEPS,
@@ -227,7 +228,7 @@ def test_probe_of_process_0_saw_every_shard(runs):
 
 
 def test_process_shards_are_disjoint_and_cover_the_split(runs):
-    from byol import data  # noqa: PLC0415
+    from byol.data import pipeline  # noqa: PLC0415
 
     def keys(images):
         images = images.reshape(-1, *images.shape[-3:])  # one row per image
@@ -236,20 +237,20 @@ def test_process_shards_are_disjoint_and_cover_the_split(runs):
     shards = []
     for p in range(2):
         kwargs = dict(data_dir=runs["data_dir"], process_index=p, process_count=2)
-        passes = data.load(
+        passes = pipeline.load(
             "fashion_mnist", "train", is_training=False, batch_dims=(2, 50), **kwargs
         )
         shard = set()
         for batch in passes:
             shard |= keys(batch["images"][batch["mask"]])
         # What the run trained on: this process's batches, all inside its shard.
-        stream = data.load(
+        stream = pipeline.load(
             "fashion_mnist", "train", is_training=True, batch_dims=(2, 4), **kwargs
         )
         for _ in range(STEPS):
             assert keys(next(stream)["images"]) <= shard
         shards.append(shard)
-    everything = data.load(
+    everything = pipeline.load(
         "fashion_mnist",
         "train",
         is_training=False,

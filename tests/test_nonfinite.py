@@ -17,8 +17,9 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from byol import byol_experiment, checkpointing, data, train  # noqa: E402
+from byol import byol_experiment, checkpointing, train  # noqa: E402
 from byol import run_dir as run_dirs  # noqa: E402
+from byol.data import pipeline  # noqa: E402
 from tests.fixtures import tiny_config, write_fake_fashion_mnist  # noqa: E402
 
 STEPS = 4
@@ -66,7 +67,7 @@ def _restore(workdir, step, like):
 
 def _like(config):
     experiment = byol_experiment.ByolExperiment(config, 10)
-    info = data.dataset_info(
+    info = pipeline.dataset_info(
         config.data.dataset, config.data.data_dir, val_size=config.data.val_size
     )
     return run_dirs.abstract_train_state(experiment, info, config.data.image_size)

@@ -29,6 +29,10 @@ IMAGE_FOLDER_PREFIX = "image_folder:"
 DEFAULT_DATA_DIR = "data"
 
 
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not in the data directory; the message says how to get it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """How one dataset maps onto tfds.

@@ -1,21 +1,21 @@
-"""Fashion-MNIST as a tfds builder that reads the four IDX files from a directory.
+"""Fashion-MNIST as a tfds builder that reads the four IDX files offline.
 
-tfds's own `fashion_mnist` builder downloads from the internet. This one reads
-the same four files (`train-images-idx3-ubyte.gz`, `train-labels-idx1-ubyte.gz`,
-`t10k-images-idx3-ubyte.gz`, `t10k-labels-idx1-ubyte.gz`, e.g. from the Debian
-package `dataset-fashion-mnist`, fetched by `make fashion_mnist`) from a manual
-directory, with the example counts taken from the IDX headers. It keeps the
-name, version and features of the tfds builder, so the prepared dataset is the
-same one `tfds.load('fashion_mnist')` reads.
+tfds's own builder downloads them; this one reads the same files (from the
+Debian package `dataset-fashion-mnist`, fetched by `make fashion_mnist`) from
+``<data_dir>/downloads/manual/fashion_mnist``, and keeps tfds's name, version
+and features, so the prepared dataset is the one `tfds.load` reads.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from byol.data import catalog
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -37,38 +37,13 @@ _IDX_DTYPE = {0x08: np.uint8}
 
 
 def missing_files(directory: str) -> list[str]:
-    """Returns the IDX file names that `directory` lacks (empty when complete).
-
-    Args:
-      directory: where the four `*-ubyte.gz` files should be.
-
-    Returns:
-      The missing file names, in a fixed order.
-
-    Example:
-      >>> missing_files('/nonexistent')[0]
-      'train-images-idx3-ubyte.gz'
-    """
+    """The IDX file names that `directory` lacks (empty when complete)."""
     names = [name for pair in IDX_FILES.values() for name in pair]
     return [n for n in names if not os.path.isfile(os.path.join(directory, n))]
 
 
 def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (gzip-compressed or not) into a numpy array.
-
-    Args:
-      path: an IDX file; `.gz` files are decompressed.
-
-    Returns:
-      The array, with the shape and dtype given by the IDX header.
-
-    Raises:
-      ValueError: if the header is not an unsigned-byte IDX header or the file
-        is shorter than the header says.
-
-    Example:
-      >>> labels = read_idx('t10k-labels-idx1-ubyte.gz')  # doctest: +SKIP
-    """
+    """An unsigned-byte IDX file (gzipped or not) as an array, or a ValueError."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         data = f.read()
@@ -142,3 +117,32 @@ with tfds.core.registered.skip_registration():
                 )
             for index, (image, label) in enumerate(zip(images, labels, strict=True)):
                 yield index, {"image": image[..., None], "label": int(label)}
+
+
+def manual_dir(data_dir: str) -> str:
+    """Where `make fashion_mnist` puts the IDX files."""
+    return os.path.join(data_dir, "downloads", "manual", "fashion_mnist")
+
+
+def prepare(data_dir: str):
+    """The prepared builder, built from the IDX files on first use."""
+    idx_dir = manual_dir(data_dir)
+    prepared = os.path.join(
+        data_dir, FashionMnist.name, str(FashionMnist.VERSION), "dataset_info.json"
+    )
+    # Checked before the builder exists: constructing it over an absent dataset
+    # makes tfds log a warning, and the error must be the only line printed.
+    if not os.path.exists(prepared) and missing_files(idx_dir):
+        how = catalog.SPECS["fashion_mnist"].how_to_get.format(data_dir=data_dir)
+        raise catalog.DatasetNotFoundError(
+            f"fashion_mnist not found in {os.path.join(data_dir, 'fashion_mnist')} "
+            f"(nor its IDX files in {idx_dir}); {how}"
+        )
+    builder = FashionMnist(data_dir=data_dir)
+    if not builder.is_prepared():
+        logging.info("Building fashion_mnist in %s from %s.", data_dir, idx_dir)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=idx_dir),
+            file_format="tfrecord",
+        )
+    return builder

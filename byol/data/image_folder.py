@@ -24,12 +24,13 @@ Examples are ordered by a hash of their relative path (a fixed pseudo-random
 order that does not depend on the listing), and ``val`` is the last 10% of
 ``train`` in that order (at most 10,000). Pure Python; the scan reads the
 first 16 and the last 12 bytes of each file (and decodes those that look
-truncated), and it runs on every `load` (no cache).
+truncated), once per process and folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -39,7 +40,6 @@ import numpy as np
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 _TEST_DIRS = ("test", "validation", "val")
-_WARNED: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +127,7 @@ def _order_key(relative_path: str) -> bytes:
     return hashlib.md5(relative_path.encode("utf-8")).digest()
 
 
+@functools.lru_cache(maxsize=8)  # every `load` opens its split
 def scan(root: str, skip_bad_images: bool = False, verify=None) -> Folder:
     """Lists and checks the images of a folder.
 
@@ -190,9 +191,7 @@ def scan(root: str, skip_bad_images: bool = False, verify=None) -> Folder:
             "to leave such files out"
         )
     for report in bad:
-        if report not in _WARNED:  # the folder is scanned by every `load`
-            _WARNED.add(report)
-            logging.warning("Skipping %s.", report)
+        logging.warning("Skipping %s.", report)
     if not len(paths["train"]):
         raise FileNotFoundError(
             f"image folder {root} holds no images ({', '.join(EXTENSIONS)})"

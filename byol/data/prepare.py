@@ -55,10 +55,10 @@ def prepare_dataset(dataset: str, data_dir: str = catalog.DEFAULT_DATA_DIR) -> s
     spec = catalog.spec(dataset)
     import tensorflow_datasets as tfds
 
-    from byol.data import sources
+    from byol.data import fashion_mnist
 
     if dataset == "fashion_mnist":
-        return os.fspath(sources.prepare_fashion_mnist(data_dir).data_dir)
+        return os.fspath(fashion_mnist.prepare(data_dir).data_dir)
     _work_around_tfds_importlib_resources()
     builder = tfds.builder(dataset, data_dir=data_dir)
     file_format = None if spec.fixed_size else "array_record"
