@@ -1,46 +1,33 @@
 """BYOL's per-example, per-view image augmentations, on the device.
 
-One view of one image goes through, in the recipe's order (recipe.md section 3):
+One view of one image goes through, in the recipe's order (recipe.md §3):
 random resized crop, horizontal flip, colour jitter (brightness, contrast,
-saturation, hue in a random order, clipped to [0, 1] after each op), grayscale,
-gaussian blur and solarize. Two configurations, ``VIEW1`` and ``VIEW2``, differ
-only in the blur and solarize probabilities.
+saturation, hue in a random order, clipped to [0, 1] after each), grayscale,
+gaussian blur, solarize. ``VIEW1`` and ``VIEW2`` differ in the blur and
+solarize probabilities. `sample_augmentation_params` draws every decision of
+one example from its key; `apply_augmentation_params` applies a batch of them;
+`augment` composes the two under `jax.vmap`, without Python control flow per
+example.
 
-Randomness is split in two pure steps: ``sample_augmentation_params`` draws every
-decision and factor of one example from a key, and ``apply_augmentation_params``
-applies a batch of them. ``augment`` composes the two with ``jax.vmap``; there is
-no Python control flow per example, so a batch traces once per shape.
+Choices worth knowing:
 
-Decisions worth knowing:
-
-* Resize: Keys bicubic (a = -0.5, the recipe's "bicubic") through
-  ``jax.image.scale_and_translate`` without antialiasing, like the reference's
-  ``tf.image.resize(..., BICUBIC)``; the overshoot is clipped to [0, 1] as the
-  reference does. Bilinear is one config field away (``resize_method``). The box
-  is resampled from the full image, so the 2-pixel kernel support at the box
-  edges sees the real neighbours (the reference crops first; border-only
-  difference).
-* Crop box: torchvision's ``RandomResizedCrop.get_params`` rule, vectorised: up
-  to ``crop_max_attempts`` (area, aspect) pairs are drawn at once and the first
-  whose rounded box fits is used; if none fits, the central crop of the whole
-  image with its aspect ratio clamped to the allowed range. (The reference's
-  host crop draws once and clamps the sides to the image instead.)
-* Randomness: each example draws one vector of uniforms from its own key
-  (``jax.random.split(rng, B)``); one threefry call instead of one per decision
-  cuts the compile time of a view about 5x on CPU.
-* Colour jitter costs two HSV round trips and three means per image, not one
-  round trip per op and position (vmapped ``lax.cond``/``switch`` computes every
-  branch): any order of the four ops fits the fixed pattern
-  ``(B C B) hsv (B C B) hsv (B C B)``, the unused slots being exact identities.
-* Layout: one image is channel-major ``[C, H, W]`` while it is augmented;
-  per-channel means over contiguous planes are ~8x faster on CPU.
-* Blur: hand-written separable shift-and-add; it computes what
-  ``dm_pix.gaussian_blur`` does (zero 'SAME' padding, truncated normalised
-  kernel, size ``2 * (H // 20) + 1``: 23 at 224, 3 at 28, like the reference's
-  ``H / 10``), but vmapping dm_pix's depthwise convolution over per-example
-  kernels is 25-35x slower on CPU.
-* Grayscale images (1 channel): grayscale, saturation and hue are identities;
-  ``normalize`` defaults to the luma-weighted ImageNet statistics.
+* Resize: bicubic (Keys, a = -0.5) without antialiasing, like the reference's
+  ``tf.image.resize(..., BICUBIC)``, clipped to [0, 1]; the box is resampled
+  from the whole image, so the kernel at its edges sees real neighbours.
+* Crop box (`CROP_RULES`): ``reference`` draws one (area, aspect) pair and
+  clamps the box's sides to the image, as DeepMind's ImageNet host crop does;
+  ``torchvision`` retries up to ``crop_max_attempts`` draws for a box that
+  fits, then falls back to the central crop of the whole image.
+* Each example draws one vector of uniforms from its own key: one threefry
+  call instead of one per decision (5x faster to compile on CPU).
+* Colour jitter: any order of the four ops fits the pattern
+  ``(B C B) hsv (B C B) hsv (B C B)``, unused slots being identities, so it
+  costs two HSV round trips and three means instead of a vmapped switch that
+  computes every branch. An image is channel-major ``[C, H, W]`` meanwhile.
+* Blur: separable shift-and-add computing what ``dm_pix.gaussian_blur`` does
+  (zero padding, kernel ``2 * (H // 20) + 1``: 23 at 224, 3 at 28); vmapping
+  dm_pix's per-example depthwise convolution is 25-35x slower on CPU.
+* One-channel images: grayscale, saturation and hue are identities.
 """
 
 from __future__ import annotations
@@ -65,6 +52,7 @@ GRAYSCALE_MEAN = (float(np.dot(LUMA_WEIGHTS, IMAGENET_MEAN)),)
 GRAYSCALE_STD = (float(np.dot(LUMA_WEIGHTS, IMAGENET_STD)),)
 
 RESIZE_METHODS = ("linear", "cubic", "lanczos3", "lanczos5")
+CROP_RULES = ("reference", "torchvision")
 
 # Colour-jitter op ids, as used in ``AugmentationParams.jitter_order``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -74,43 +62,21 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 class AugmentationConfig:
     """Probabilities and ranges of one view's augmentations (hashable, static).
 
-    Defaults are the recipe's view 1; ``VIEW1`` and ``VIEW2`` are the two views.
+    Defaults are the recipe's view 1. Ranges are ``(low, high)``: crop area
+    as a fraction of the image, U; aspect (width / height), log-U; blur sigma
+    in pixels, U. Brightness adds U[-b, b]; contrast and saturation multiply
+    by U[1 - c, 1 + c]; hue adds U[-h, h] turns. ``blur_kernel_size`` None
+    derives it from the output height. Values out of their domain raise a
+    ValueError naming the field (a probability of 1.5 would silently mean 1).
 
-    Attributes:
-        crop_area_range: Box area as a fraction of the image area, ``U[lo, hi]``.
-        crop_aspect_range: Box width/height, log-uniform in ``[lo, hi]``.
-        crop_max_attempts: Box draws before the central-crop fallback.
-        resize_method: Crop resize kernel, one of ``RESIZE_METHODS``.
-        antialias: Widen the resize kernel when downscaling (the reference's
-            bicubic resize does not).
-        flip_prob: Probability of a horizontal flip.
-        color_jitter_prob: Probability of applying the four jitter ops.
-        brightness: Additive brightness delta ``U[-b, b]``.
-        contrast: Contrast factor ``U[1 - c, 1 + c]`` around the channel mean.
-        saturation: Saturation factor ``U[1 - s, 1 + s]``.
-        hue: Hue delta ``U[-h, h]`` (in turns, so at most 0.5).
-        grayscale_prob: Probability of the luma grayscale conversion.
-        blur_prob: Probability of the gaussian blur.
-        blur_sigma: Blur standard deviation in pixels, ``U[lo, hi]``.
-        blur_kernel_size: Odd kernel side; ``None`` derives it from the output
-            height as ``2 * (height // 20) + 1`` (23 at 224, 9 at 96, 3 at 28).
-        solarize_prob: Probability of solarization.
-        solarize_threshold: Values ``>=`` this are inverted (``x -> 1 - x``).
-
-    Raises:
-        ValueError: if a probability is outside [0, 1], a range is unordered or
-            out of its domain, or a name or size is invalid; the message names
-            the field.
-
-    Example:
-        >>> cfg = dataclasses.replace(VIEW2, solarize_prob=0.0)
-        >>> cfg.blur_prob
-        0.1
+    >>> dataclasses.replace(VIEW2, solarize_prob=0.0).blur_prob
+    0.1
     """
 
     crop_area_range: tuple[float, float] = (0.08, 1.0)
     crop_aspect_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     crop_max_attempts: int = 10
+    crop_rule: str = "torchvision"
     resize_method: str = "cubic"
     antialias: bool = False
     flip_prob: float = 0.5
@@ -161,6 +127,11 @@ class AugmentationConfig:
                 f"crop_max_attempts {self.crop_max_attempts!r} invalid; "
                 "expected an int >= 1"
             )
+        if self.crop_rule not in CROP_RULES:
+            raise ValueError(
+                f"crop_rule {self.crop_rule!r} unknown; expected one of: "
+                + ", ".join(CROP_RULES)
+            )
         if self.resize_method not in RESIZE_METHODS:
             raise ValueError(
                 f"resize_method {self.resize_method!r} unknown; expected one of: "
@@ -204,23 +175,10 @@ VIEW2 = AugmentationConfig(blur_prob=0.1, solarize_prob=0.2)
 class AugmentationParams(NamedTuple):
     """Every random decision and factor of one view of one image.
 
-    ``sample_augmentation_params`` returns unbatched fields; ``augment`` vmaps it,
-    so each field gains a leading batch axis.
-
-    Attributes:
-        crop_box: int32 ``[4]``: top, left, height, width in input pixels.
-        flip: bool, horizontal flip.
-        color_jitter: bool, apply the four jitter ops.
-        jitter_order: int32 ``[4]``, a permutation of
-            ``(BRIGHTNESS, CONTRAST, SATURATION, HUE)``; ops run in this order.
-        brightness: float32, additive delta.
-        contrast: float32, factor around the per-channel mean.
-        saturation: float32, saturation factor.
-        hue: float32, hue delta in turns.
-        grayscale: bool, luma grayscale.
-        blur: bool, gaussian blur.
-        blur_sigma: float32, blur standard deviation in pixels.
-        solarize: bool, solarization.
+    ``crop_box`` is int32 (top, left, height, width); ``jitter_order`` a
+    permutation of (BRIGHTNESS, CONTRAST, SATURATION, HUE); the factors are
+    float32, the decisions bool. `augment` vmaps the sampler, so each field
+    gains a leading batch axis.
     """
 
     crop_box: jax.Array
@@ -238,32 +196,33 @@ class AugmentationParams(NamedTuple):
 
 
 # ---------------------------------------------------------------------- sampling
-# Each example draws all its randomness as one vector of uniforms: one threefry
-# call instead of one per decision, which is what dominates compile time on CPU.
 def _crop_box_from_uniforms(
     u: jax.Array,
     height: int,
     width: int,
     area_range: tuple[float, float],
     aspect_range: tuple[float, float],
+    rule: str = "torchvision",
 ) -> jax.Array:
-    """``sample_crop_box`` given ``2 * attempts + 2`` uniforms in [0, 1)."""
+    """`sample_crop_box` given ``2 * attempts + 2`` uniforms in [0, 1)."""
     attempts = (u.shape[0] - 2) // 2
-    u_area, u_ratio, u_top, u_left = (
-        u[:attempts],
-        u[attempts : 2 * attempts],
-        u[-2],
-        u[-1],
-    )
+    u_area, u_ratio = u[:attempts], u[attempts : 2 * attempts]
     area = (height * width) * (area_range[0] + (area_range[1] - area_range[0]) * u_area)
     log_lo, log_hi = math.log(aspect_range[0]), math.log(aspect_range[1])
     ratio = jnp.exp(log_lo + (log_hi - log_lo) * u_ratio)
     box_w = jnp.round(jnp.sqrt(area * ratio)).astype(jnp.int32)
     box_h = jnp.round(jnp.sqrt(area / ratio)).astype(jnp.int32)
-    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
-    first = jnp.argmax(fits)  # index of the first fitting attempt (0 if none)
 
-    # The fallback is static: it depends only on the image shape.
+    def offset(u_pos, free):  # uniform integer in [0, free]
+        return jnp.minimum(jnp.floor(u_pos * (free + 1)).astype(jnp.int32), free)
+
+    if rule == "reference":  # the first draw, its sides clamped to the image
+        box_h, box_w = jnp.clip(box_h[0], 1, height), jnp.clip(box_w[0], 1, width)
+        top, left = offset(u[-2], height - box_h), offset(u[-1], width - box_w)
+        return jnp.stack([top, left, box_h, box_w]).astype(jnp.int32)
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    first = jnp.argmax(fits)  # the first fitting attempt (0 if none)
+    # The fallback depends only on the (static) image shape.
     in_ratio = width / height
     if in_ratio < aspect_range[0]:
         fallback_w, fallback_h = width, round(width / aspect_range[0])
@@ -274,12 +233,8 @@ def _crop_box_from_uniforms(
     found = jnp.any(fits)
     box_h = jnp.where(found, box_h[first], fallback_h)
     box_w = jnp.where(found, box_w[first], fallback_w)
-
-    def offset(u_pos, free):  # uniform integer in [0, free]
-        return jnp.minimum(jnp.floor(u_pos * (free + 1)).astype(jnp.int32), free)
-
-    top = jnp.where(found, offset(u_top, height - box_h), (height - fallback_h) // 2)
-    left = jnp.where(found, offset(u_left, width - box_w), (width - fallback_w) // 2)
+    top = jnp.where(found, offset(u[-2], height - box_h), (height - fallback_h) // 2)
+    left = jnp.where(found, offset(u[-1], width - box_w), (width - fallback_w) // 2)
     return jnp.stack([top, left, box_h, box_w]).astype(jnp.int32)
 
 
@@ -290,54 +245,28 @@ def sample_crop_box(
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     max_attempts: int = 10,
+    rule: str = "torchvision",
 ) -> jax.Array:
-    """Draws one random-resized-crop box, as torchvision's ``RandomResizedCrop``.
+    """One random-resized-crop box (top, left, height, width), int32, in the image.
 
-    Each attempt draws an area fraction ``U[area_range]`` and an aspect ratio
-    (width / height) log-uniform in ``aspect_range``, and rounds the box side
-    lengths to integers; the first attempt whose box fits in the image is used,
-    at a uniformly random integer position. All attempts are drawn at once (no
-    loop). If none fits, the fallback is the centred box of the whole image
-    with its aspect ratio clamped to ``aspect_range``.
+    An area fraction ``U[area_range]`` and an aspect ratio log-uniform in
+    ``aspect_range`` give the box's sides, rounded; its position is uniform.
+    ``rule`` picks what happens to a box that does not fit (`CROP_RULES`):
+    ``reference`` clamps its sides to the image; ``torchvision`` draws up to
+    `max_attempts` boxes and takes the first that fits, else the central
+    crop of the whole image with its aspect clamped to ``aspect_range``.
 
-    Args:
-        rng: A JAX PRNG key.
-        height: Image height in pixels (static).
-        width: Image width in pixels (static).
-        area_range: ``(low, high)`` box area as a fraction of the image area.
-        aspect_range: ``(low, high)`` box aspect ratio, width / height.
-        max_attempts: Number of draws before the fallback.
-
-    Returns:
-        int32 ``[4]`` array ``(top, left, box_height, box_width)``, with
-        ``0 <= top``, ``top + box_height <= height`` and likewise for width.
-
-    Example:
-        >>> top, left, h, w = sample_crop_box(jax.random.key(0), 224, 224)
+    >>> [int(x) for x in sample_crop_box(jax.random.key(0), 8, 8, (1.0, 1.0))]
+    [0, 0, 8, 8]
     """
     u = jax.random.uniform(rng, (2 * max_attempts + 2,))
-    return _crop_box_from_uniforms(u, height, width, area_range, aspect_range)
+    return _crop_box_from_uniforms(u, height, width, area_range, aspect_range, rule)
 
 
 def sample_augmentation_params(
     rng: jax.Array, config: AugmentationConfig, height: int, width: int
 ) -> AugmentationParams:
-    """Draws every decision and factor of one view of one image.
-
-    Args:
-        rng: A JAX PRNG key (one example).
-        config: The view's probabilities and ranges.
-        height: Input image height (for the crop box).
-        width: Input image width.
-
-    Returns:
-        Unbatched ``AugmentationParams``.
-
-    Example:
-        >>> keys = jax.random.split(jax.random.key(0), 256)
-        >>> p = jax.vmap(lambda k: sample_augmentation_params(k, VIEW2, 28, 28))(keys)
-        >>> p.solarize.mean()  # about 0.2
-    """
+    """Every decision and factor of one view of one image (unbatched)."""
     num_crop = 2 * config.crop_max_attempts + 2
     u = jax.random.uniform(rng, (num_crop + 14,))
     crop_u, u = u[:num_crop], u[num_crop:]
@@ -347,7 +276,12 @@ def sample_augmentation_params(
 
     return AugmentationParams(
         crop_box=_crop_box_from_uniforms(
-            crop_u, height, width, config.crop_area_range, config.crop_aspect_range
+            crop_u,
+            height,
+            width,
+            config.crop_area_range,
+            config.crop_aspect_range,
+            config.crop_rule,
         ),
         flip=u[0] < config.flip_prob,
         color_jitter=u[1] < config.color_jitter_prob,
@@ -400,23 +334,10 @@ def adjust_saturation_and_hue(
     *,
     channel_axis: int = -1,
 ) -> jax.Array:
-    """Saturation factor and hue delta in one HSV round trip, clipped to [0, 1].
+    """Saturation factor and hue delta (turns) in one HSV round trip, clipped.
 
-    With ``hue = 0`` this is ``dm_pix.adjust_saturation``; with
-    ``saturation = 1`` it is ``dm_pix.adjust_hue`` (same conversions), so either
-    op alone costs one round trip and the pair costs one instead of two.
-
-    Args:
-        image: RGB float image in [0, 1].
-        saturation: Multiplies the HSV saturation (then clipped to [0, 1]).
-        hue: Added to the hue, in turns (wraps around).
-        channel_axis: The index of the channel axis.
-
-    Returns:
-        The adjusted image, same shape.
-
-    Example:
-        >>> adjust_saturation_and_hue(jnp.full((2, 2, 3), 0.5), 1.2, 0.0)
+    With ``hue = 0`` this is ``dm_pix.adjust_saturation``, with ``saturation =
+    1`` ``dm_pix.adjust_hue``: the pair costs one round trip instead of two.
     """
     hsv = pix.rgb_to_hsv(image, channel_axis=channel_axis)
     h, s, v = (jnp.take(hsv, i, axis=channel_axis) for i in range(3))
@@ -429,12 +350,9 @@ def adjust_saturation_and_hue(
 def _color_jitter(image: jax.Array, p: AugmentationParams) -> jax.Array:
     """The four jitter ops of a ``[C, H, W]`` image in ``p.jitter_order``.
 
-    Each op's output is clipped to [0, 1]. The two HSV ops (saturation, hue)
-    split the order into three regions; in each region brightness can come
-    before or after contrast, so the fixed pattern
-    ``(B C B) hsv (B C B) hsv (B C B)`` holds every order with two HSV round
-    trips and three means. Unused slots are exact identities (``x + 0``) or
-    selected away.
+    The two HSV ops split the order into three regions, in each of which
+    brightness comes before or after contrast: ``(B C B) hsv (B C B) hsv (B C B)``
+    holds every order; unused slots are identities or selected away.
     """
     rgb = image.shape[0] == 3
     position = jnp.argsort(p.jitter_order)  # position[op] = when op runs
@@ -489,27 +407,11 @@ def gaussian_blur(
     *,
     channel_axis: int = -1,
 ) -> jax.Array:
-    """Separable gaussian blur of one image, as ``dm_pix.gaussian_blur``.
+    """Separable gaussian blur of one image, as ``dm_pix.gaussian_blur`` computes.
 
-    The kernel ``exp(-t^2 / (2 sigma^2))``, ``|t| <= kernel_size // 2``, is
-    normalised to sum 1; borders are zero-padded (as dm_pix and the reference).
-    Written as shift-and-add rather than dm_pix's depthwise convolution because
-    ``jax.vmap`` with a per-example ``sigma`` turns that convolution into a
-    grouped one with a per-example kernel, 25-35x slower on CPU.
-
-    Args:
-        image: Float image, ``[H, W, C]`` (or ``[C, H, W]`` with
-            ``channel_axis=0``).
-        sigma: Standard deviation in pixels (may be traced).
-        kernel_size: Odd kernel side (static).
-        channel_axis: ``-1`` or ``0``.
-
-    Returns:
-        The blurred image, same shape (not clipped: a normalised kernel keeps
-        [0, 1] up to rounding).
-
-    Example:
-        >>> gaussian_blur(jnp.ones((28, 28, 1)), 1.0, 3)
+    The kernel ``exp(-t^2 / (2 sigma^2))``, ``|t| <= kernel_size // 2``, sums to
+    1; borders are zero-padded. ``sigma`` may be traced; the output is not
+    clipped. ``channel_axis`` is -1 or 0.
     """
     radius = kernel_size // 2
     t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
@@ -556,22 +458,7 @@ def _check_images(images: jax.Array) -> None:
 
 
 def to_unit_float(images: jax.Array) -> jax.Array:
-    """Checks a batch ``[B, H, W, C]`` and converts it to float32 in [0, 1].
-
-    Args:
-        images: uint8 (0..255) or float (already in [0, 1]) array ``[B, H, W, C]``
-            with ``C`` in {1, 3}.
-
-    Returns:
-        float32 array of the same shape (uint8 is divided by 255).
-
-    Raises:
-        ValueError: wrong rank, channel count or dtype.
-
-    Example:
-        >>> to_unit_float(jnp.zeros((2, 28, 28, 1), jnp.uint8)).dtype
-        dtype('float32')
-    """
+    """A checked batch ``[B, H, W, C]`` (C 1 or 3, uint8 or float) in float32 [0, 1]."""
     _check_images(images)
     return _unit_float(images)
 
@@ -596,30 +483,19 @@ def apply_augmentation_params(
     crop: bool = True,
     output_size: int | tuple[int, int] | None = None,
 ) -> jax.Array:
-    """Applies a batch of sampled augmentations (pure; no randomness).
+    """Applies a batch of sampled augmentations (pure: no randomness).
 
     Args:
-        images: uint8 or float-in-[0, 1] array ``[B, H, W, C]``, ``C`` in {1, 3}.
-        params: ``AugmentationParams`` with a leading batch axis ``B``.
-        config: The view's config; only its static choices (resize method,
-            antialias, blur kernel size, solarize threshold) and its 0/1
-            probabilities (ops skipped or applied unconditionally at trace time)
-            are read here.
-        crop: Resample ``params.crop_box``; if False, the whole image is used
-            (resized only if ``output_size`` differs from the input size).
-        output_size: Output ``(height, width)`` or side; default the input's.
+        images: uint8 or float-in-[0, 1] ``[B, H, W, C]``, ``C`` in {1, 3}.
+        params: `AugmentationParams` with a leading batch axis.
+        config: the view's static choices (resize, blur kernel, threshold);
+            probabilities of 0 or 1 skip or apply an op at trace time.
+        crop: resample ``params.crop_box``; if False the whole image is used
+            (resized only if `output_size` differs).
+        output_size: output side or (height, width); default the input's.
 
     Returns:
-        float32 array ``[B, H', W', C]`` in [0, 1].
-
-    Raises:
-        ValueError: bad images (rank, channels, dtype) or ``output_size``.
-
-    Example:
-        >>> keys = jax.random.split(jax.random.key(0), 8)
-        >>> p = jax.vmap(lambda k: sample_augmentation_params(k, VIEW1, 32, 32))(keys)
-        >>> apply_augmentation_params(jnp.zeros((8, 32, 32, 3)), p, VIEW1).shape
-        (8, 32, 32, 3)
+        float32 ``[B, H', W', C]`` in [0, 1].
     """
     _check_images(images)
     out_h, out_w = _output_hw(images, output_size)
@@ -695,32 +571,18 @@ def augment(
     crop: bool = True,
     output_size: int | tuple[int, int] | None = None,
 ) -> jax.Array:
-    """One augmented view of every image in a batch (per example, jittable).
-
-    Each example gets its own key (``jax.random.split(rng, B)``), so the result
-    is deterministic for a given ``rng`` and independent across examples.
+    """One augmented view of every image of a batch, each example from its own key.
 
     Args:
-        rng: A JAX PRNG key.
-        images: uint8 (0..255) or float (in [0, 1]) array ``[B, H, W, C]``,
-            ``C`` in {1, 3}. For ``C = 1``, grayscale, saturation and hue are
-            identities.
-        config: The view's ``AugmentationConfig`` (e.g. ``VIEW1``).
-        crop: Apply the random resized crop. False when the host already cropped
-            (as the reference's tf.data pipeline does).
-        output_size: Output side or ``(height, width)``; default the input's.
+        rng: a PRNG key (split into one per example).
+        images: uint8 (0..255) or float (in [0, 1]) ``[B, H, W, C]``, C 1 or 3.
+        config: the view's `AugmentationConfig` (e.g. ``VIEW1``).
+        crop: apply the random resized crop (False when the host cropped).
+        output_size: output side or (height, width); default the input's.
 
-    Returns:
-        float32 array ``[B, H', W', C]`` in [0, 1].
-
-    Raises:
-        ValueError: wrong rank, channel count not 1 or 3, non-uint8 integer
-            dtype, or ``output_size`` < 1.
-
-    Example:
-        >>> images = jnp.zeros((256, 28, 28, 1), jnp.uint8)
-        >>> augment(jax.random.key(0), images, VIEW1).shape
-        (256, 28, 28, 1)
+    >>> images = jnp.zeros((4, 28, 28, 1), jnp.uint8)
+    >>> augment(jax.random.key(0), images, VIEW1).shape
+    (4, 28, 28, 1)
     """
     _check_images(images)
     _output_hw(images, output_size)  # fail before tracing the sampler
@@ -743,25 +605,7 @@ def augment_views(
     view1: AugmentationConfig = VIEW1,
     view2: AugmentationConfig = VIEW2,
 ) -> tuple[jax.Array, jax.Array]:
-    """BYOL's two views of a batch, with independent keys.
-
-    Args:
-        rng: A JAX PRNG key.
-        images: uint8 or float-in-[0, 1] array ``[B, H, W, C]``, ``C`` in {1, 3}.
-        crop: Apply the random resized crop (see ``augment``).
-        output_size: Output side or ``(height, width)``; default the input's.
-        view1: Config of the first view.
-        view2: Config of the second view.
-
-    Returns:
-        ``(view1, view2)``, each float32 ``[B, H', W', C]`` in [0, 1].
-
-    Raises:
-        ValueError: as ``augment``.
-
-    Example:
-        >>> v1, v2 = augment_views(jax.random.key(0), jnp.zeros((8, 96, 96, 3)))
-    """
+    """BYOL's two views of a batch: `augment` with ``view1`` and ``view2``."""
     rng1, rng2 = jax.random.split(rng)
     kwargs = dict(crop=crop, output_size=output_size)
     return augment(rng1, images, view1, **kwargs), augment(
@@ -775,25 +619,13 @@ def normalize(
     mean: Sequence[float] | jax.Array | None = None,
     std: Sequence[float] | jax.Array | None = None,
 ) -> jax.Array:
-    """Channel-wise ``(x - mean) / std`` of images in [0, 1] (or uint8).
+    """Channel-wise ``(x - mean) / std`` of images in [0, 1] (uint8: divided by 255).
 
-    Args:
-        images: Array ``[..., C]``, float in [0, 1] or uint8 (divided by 255).
-        mean: Per-channel mean, length ``C`` (or 1). Default: ``IMAGENET_MEAN``
-            for 3 channels, ``GRAYSCALE_MEAN`` (luma of the ImageNet mean,
-            0.4589) for 1 channel.
-        std: Per-channel std, as ``mean``. Default: ``IMAGENET_STD``, or
-            ``GRAYSCALE_STD`` (luma-weighted ImageNet std, 0.2256).
+    The default mean and std are ImageNet's for 3 channels, and for 1 channel
+    their luma-weighted values (0.4589, 0.2256).
 
-    Returns:
-        float32 array, same shape.
-
-    Raises:
-        ValueError: if ``mean``/``std`` length is neither ``C`` nor 1, or there
-            is no default for the channel count.
-
-    Example:
-        >>> normalize(jnp.full((1, 2, 2, 3), 0.485))[..., 0]  # zeros
+    >>> float(normalize(jnp.full((1, 2, 2, 3), 0.485))[0, 0, 0, 0])
+    0.0
     """
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint8:
@@ -826,28 +658,10 @@ def center_crop_and_resize(
     method: str = "cubic",
     antialias: bool = False,
 ) -> jax.Array:
-    """Evaluation preprocessing: central square crop, then resize (reference rule).
+    """Evaluation preprocessing on the device: centre square crop, then resize.
 
     The crop side is ``int(crop_fraction * min(H, W))`` at offset
-    ``((H - side) + 1) // 2`` (likewise for width), as the reference's
-    ``_decode_and_center_crop``; the crop is resized to ``output_size``.
-
-    Args:
-        images: uint8 or float-in-[0, 1] array ``[B, H, W, C]``, ``C`` in {1, 3}.
-        output_size: Output side (int >= 1).
-        crop_fraction: Crop side as a fraction of the short side, in (0, 1].
-        method: Resize kernel, one of ``RESIZE_METHODS``.
-        antialias: Widen the kernel when downscaling.
-
-    Returns:
-        float32 array ``[B, output_size, output_size, C]`` in [0, 1].
-
-    Raises:
-        ValueError: bad images, ``output_size``, ``crop_fraction`` or ``method``.
-
-    Example:
-        >>> center_crop_and_resize(jnp.zeros((2, 256, 320, 3)), 224).shape
-        (2, 224, 224, 3)
+    ``((H - side) + 1) // 2``, as the reference's ``_decode_and_center_crop``.
     """
     x = to_unit_float(images)
     out_h, out_w = _output_hw(x, output_size)

@@ -1,18 +1,15 @@
-"""BN-statistics initialisation: turn a BN network into a BN-free one.
+"""BN-statistics initialisation: a BN network turned into a BN-free one.
 
-Richemond et al. (2020) reach 65.7% without any batch statistics by this
-protocol: run the network *with* BatchNorm once, in training mode, on a batch
-of augmented images; record each BN layer's per-channel batch mean and
-variance; then replace every BN by a trainable per-channel affine map that
-reproduces what BN did on that batch::
+Richemond et al. (2020) reach 65.7% without batch statistics this way: run
+the network with BatchNorm once, in training mode, on a batch of augmented
+images; then replace every BN by a trainable per-channel affine map that does
+what BN did on that batch::
 
     scale'  = gamma / sqrt(var + eps)
     offset' = beta - gamma * mean / sqrt(var + eps)
 
-The affine network (``affine`` norms, see `byol.normalization.Affine`) has the
-same module names and parameter shapes as the BN network, so the converted
-params drop straight into it; afterwards no batch statistic is used or
-back-propagated.
+The ``affine`` network has the BN network's module names and parameter
+shapes, so the converted params drop into it.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ from byol.networks import NetworkNorms
 
 
 def _batch_statistics(module: hk.BatchNorm, inputs: jax.Array):
-    """Mean and variance exactly as hk.BatchNorm computes them in training."""
+    """Mean and variance exactly as `hk.BatchNorm` computes them in training."""
     channel_index = module.channel_index
     if channel_index < 0:
         channel_index += inputs.ndim
@@ -54,7 +51,7 @@ def _batch_statistics(module: hk.BatchNorm, inputs: jax.Array):
 
 
 def _is_training(args: tuple, kwargs: dict) -> bool:
-    """Whether a call BatchNorm(inputs, is_training, test_local_stats) is local."""
+    """Whether a call ``BatchNorm(inputs, is_training, test_local_stats)`` is local."""
     is_training = kwargs.get("is_training", args[1] if len(args) > 1 else None)
     local = kwargs.get("test_local_stats", args[2] if len(args) > 2 else False)
     return bool(is_training) or bool(local)
@@ -63,44 +60,19 @@ def _is_training(args: tuple, kwargs: dict) -> bool:
 def bn_statistics_init(
     apply_fn: Callable[..., Any], params: hk.Params, state: hk.State, *args, **kwargs
 ) -> hk.Params:
-    """Converts a BN network's params into its ``affine`` twin's params.
+    """A BN network's params turned into its ``affine`` twin's (`to_affine`).
 
-    Runs ``apply_fn(params, state, *args, **kwargs)`` once, records the batch
-    mean and variance every `hk.BatchNorm` layer computes (mean and mean of
-    squares over all axes but the channel axis, var = E[x^2] - E[x]^2,
-    cross-replica averaged if the layer is), and folds them into its scale and
-    offset. Other parameters are returned unchanged.
-
-    ``apply_fn`` must run the forward pass in training mode (batch
-    statistics), call each BN layer once, and not be jitted by itself (the
-    layers are observed while it runs); jit or pmap the whole of
-    ``bn_statistics_init`` instead if wanted (e.g. inside pmap with the BN's
-    ``cross_replica_axis`` bound).
-
-    Args:
-      apply_fn: ``.apply`` of an `hk.transform_with_state` network with ``bn``
-        norms.
-      params: Its parameters.
-      state: Its state (moving averages; not used for the result).
-      *args: Further positional arguments of ``apply_fn`` (e.g. rng, images).
-      **kwargs: Keyword arguments of ``apply_fn`` (e.g. ``is_training=True``).
-
-    Returns:
-      Params of the same structure, shapes and dtypes where each BN's
-      ``scale`` and ``offset`` are replaced by the equivalent affine values;
-      they are the params of the same network built with `to_affine` norms.
+    Runs ``apply_fn(params, state, *args, **kwargs)`` once, records each
+    `hk.BatchNorm` layer's batch mean and variance (E[x²] − E[x]², over all
+    axes but the channel, cross-replica averaged if the layer is) and folds
+    them into its scale and offset; other parameters are unchanged.
+    ``apply_fn`` must run in training mode, call each BN once, and not be
+    jitted on its own (the layers are observed while it runs); jit or pmap the
+    whole of this function instead.
 
     Raises:
-      ValueError: If no BatchNorm layer ran, one ran in inference mode, one
-        ran twice, or one has no scale/offset in ``params``.
-
-    Example:
-      >>> net = hk.transform_with_state(forward)  # doctest: +SKIP
-      >>> params, state = net.init(rng, images, is_training=True)  # doctest: +SKIP
-      >>> affine_params = bn_statistics_init(  # doctest: +SKIP
-      ...     net.apply, params, state, rng, images, is_training=True)
-      >>> # hk.transform_with_state(forward built with to_affine(norms))
-      >>> # .apply(affine_params, ...) now reproduces the BN forward on images.
+        ValueError: no BatchNorm ran, one ran in inference mode or twice, or one
+            has no scale/offset in ``params``.
     """
     stats: dict[str, tuple[jax.Array, jax.Array, float]] = {}
 
@@ -148,19 +120,11 @@ def bn_statistics_init(
 
 
 def to_affine(norms: NetworkNorms) -> NetworkNorms:
-    """Replaces every ``bn`` component by ``affine`` (others unchanged).
+    """The norms with every ``bn`` component replaced by ``affine``.
 
-    Args:
-      norms: Per-component norms.
-
-    Returns:
-      The norms of the BN-free twin network whose params `bn_statistics_init`
-      returns.
-
-    Example:
-      >>> from byol.networks import norm_preset
-      >>> to_affine(norm_preset("bn")).encoder.kind
-      'affine'
+    >>> from byol.networks import norm_preset
+    >>> to_affine(norm_preset("bn")).encoder.kind
+    'affine'
     """
     return NetworkNorms(
         *(dataclasses.replace(c, kind="affine") if c.kind == "bn" else c for c in norms)

@@ -1,30 +1,26 @@
-"""Checkpoints of a training run with orbax: save, keep the last N, resume.
+"""Checkpoints of a training run with orbax: asynchronous saves, the last N kept.
 
-A checkpoint holds everything needed to continue a run exactly: the training
-state (all parameters, network state and optimiser state), the step and the
-base random key. The position in the data stream is the step itself: the input
-pipeline is a deterministic function of (seed, step), so restarting it at the
-saved step replays exactly the batches an uninterrupted run would have seen.
+A checkpoint holds the training state (every parameter, network and optimiser
+state) and JSON metadata; the step is its name. The position in the data
+stream is the step itself, so resuming there replays what an uninterrupted
+run would have seen. No pickle: arrays go through tensorstore.
 
 Faults, and what survives them:
 
-* A process killed mid-write: orbax writes each checkpoint into a temporary
-  directory (``<step>.orbax-checkpoint-tmp``) and renames it when complete, so
-  the newest listed checkpoint is always a finished one. Leftover temporary
-  directories are removed when the next run opens the directory.
-* A corrupt checkpoint (truncated or overwritten data, a missing file):
-  `restore_latest` finds that it cannot be read, warns, moves it aside to
-  ``<step>.corrupt`` (never deleting it) and falls back to the next newest.
-* A failed write (disk full, read-only directory): `save` is synchronous and
-  raises `CheckpointWriteError` naming the directory and the cause; the
-  checkpoints written before are untouched.
+* Saves are asynchronous: `save` copies the state to the host and returns
+  while a background thread writes it into ``<step>.orbax-checkpoint-tmp``,
+  renamed when complete, so a listed checkpoint is always whole. A process
+  killed mid-write leaves the temporary directory, removed by the next run.
+* A failed write (disk full, read-only directory) raises
+  `CheckpointWriteError` naming the step and the checkpoint still intact, at
+  the next `save`, `wait` or `close`; older checkpoints are removed only after
+  a newer one is complete.
+* A corrupt checkpoint: `restore_latest` warns, renames it ``<step>.corrupt``
+  (never deleting it) and falls back to the next newest.
 
-No pickle is involved: arrays are stored with tensorstore, metadata as JSON.
-
-Several processes (a multi-host run) share one checkpoint directory: every
-process calls `save` with the same (replicated) state and orbax writes it once,
-from process 0, between barriers; every process restores it; only process 0
-moves corrupt checkpoints aside, and the others wait for it.
+In a multi-host run every process calls `save` with the same replicated state
+and orbax writes it once; only process 0 sets corrupt checkpoints aside, the
+others waiting for it.
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from typing import Any, NamedTuple
 
 import jax
@@ -41,6 +38,7 @@ from jax.experimental import multihost_utils
 
 PyTree = Any
 CORRUPT_SUFFIX = ".corrupt"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # where orbax writes a checkpoint
 
 
 class CheckpointWriteError(OSError):
@@ -48,13 +46,7 @@ class CheckpointWriteError(OSError):
 
 
 class Restored(NamedTuple):
-    """A restored checkpoint.
-
-    Attributes:
-        step: its step.
-        state: the state, shaped like the `like` given to the restore.
-        metadata: the JSON metadata saved with it.
-    """
+    """A restored checkpoint: its step, its state (shaped like `like`), its metadata."""
 
     step: int
     state: PyTree
@@ -62,38 +54,28 @@ class Restored(NamedTuple):
 
 
 class Checkpointer:
-    """Saves and restores training states in `<workdir>/checkpoints`.
-
-    Example:
-        >>> ckpt = Checkpointer("/tmp/run", max_to_keep=2)
-        >>> ckpt.save(100, state, {"seed": 0})      # doctest: +SKIP
-        >>> step, state, meta = ckpt.restore_latest(like)  # doctest: +SKIP
-    """
+    """Saves and restores training states in `<workdir>/checkpoints`."""
 
     def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False):
-        """Opens (creating if needed) the checkpoint directory of a work directory.
+        """Opens (creating it unless `read_only`) the directory's checkpoints.
 
-        Args:
-            workdir: the run's work directory.
-            max_to_keep: how many of the most recent checkpoints to keep.
-            read_only: only restore: create, clean up, move or delete nothing
-                (for reading another run's checkpoints, maybe while it runs).
+        ``read_only`` creates, cleans, moves and deletes nothing: for reading
+        another run's checkpoints, maybe while it runs.
         """
         if max_to_keep < 1:
             raise ValueError(f"checkpoint max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.read_only = read_only
+        self._pending: tuple[int, int | None] | None = None  # (step, previous)
+        self._closed = False
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 create=not read_only,
                 read_only=read_only,
-                # Left behind by a process killed mid-write.
-                cleanup_tmp_directories=not read_only,
-                # A write error must surface at the save that failed, naming
-                # its step, before older checkpoints are garbage-collected.
-                enable_async_checkpointing=False,
+                cleanup_tmp_directories=not read_only,  # a killed write's
+                enable_async_checkpointing=True,
             ),
         )
 
@@ -102,17 +84,13 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: PyTree, metadata: dict[str, Any]) -> None:
-        """Saves a host-side (unreplicated) state and JSON metadata at `step`.
-
-        Args:
-            step: the number of optimiser steps taken.
-            state: a pytree of arrays (one copy, not replicated over devices).
-            metadata: JSON-serialisable facts about the run (seed, config digest).
+        """Starts saving a host (unreplicated) state and JSON metadata at `step`.
 
         Raises:
-            CheckpointWriteError: the write failed (e.g. no space left); the
-                checkpoints saved before are intact.
+            CheckpointWriteError: this write, or the previous one, failed; the
+                checkpoints before it are intact.
         """
+        self.wait()
         state = jax.tree.map(np.asarray, state)
         previous = self._manager.latest_step()
         try:
@@ -125,18 +103,60 @@ class Checkpointer:
                 force=True,
             )
         except (OSError, ValueError) as error:  # tensorstore raises ValueError
-            kept = (
-                f"checkpoint {previous} is intact"
-                if previous is not None
-                else "no earlier checkpoint"
-            )
-            raise CheckpointWriteError(
-                f"cannot write checkpoint {step} to {self.directory}: "
-                f"{_first_line(error)}; {kept}"
-            ) from error
+            raise self._write_error(step, previous, error) from error
+        self._pending = (step, previous)
+
+    def wait(self) -> None:
+        """Blocks until the pending save is on disk; raises if it failed."""
+        if self._pending is None:
+            return
+        step, previous = self._pending
+        self._pending = None
+        try:
+            self._manager.wait_until_finished()
+        except (OSError, ValueError) as error:
+            self._discard(step)
+            raise self._write_error(step, previous, error) from error
+
+    def close(self) -> None:
+        """Finishes the pending save (raising if it failed) and releases the manager."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        finally:
+            if not self._closed:
+                self._closed = True
+                self._manager.close()
+
+    def _discard(self, step: int) -> None:
+        """Stops the manager and removes what a failed write of `step` left.
+
+        Orbax's finalising thread may still rename the failed write into place
+        after the error; joined first, so the checkpoint is absent, not half.
+        """
+        self._closed = True
+        try:
+            self._manager.close()
+        except Exception:  # noqa: BLE001  (the same failure, reported once)
+            pass
+        if jax.process_index() == 0:
+            for path in (self._path(step), self._path(step) + TMP_SUFFIX):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _write_error(self, step, previous, error) -> CheckpointWriteError:
+        kept = (
+            f"checkpoint {previous} is intact"
+            if previous is not None
+            else "no earlier checkpoint"
+        )
+        return CheckpointWriteError(
+            f"cannot write checkpoint {step} to {self.directory}: "
+            f"{_first_line(error)}; {kept}"
+        )
 
     def restore(self, step: int, like: PyTree) -> tuple[PyTree, dict[str, Any]]:
-        """Restores the state saved at `step`, shaped like `like`."""
+        """The state saved at `step` (shaped like `like`) and its metadata."""
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like
         )
@@ -151,27 +171,12 @@ class Checkpointer:
         return state, dict(restored["metadata"])
 
     def restore_latest(self, like: PyTree) -> Restored | None:
-        """Restores the newest readable checkpoint, skipping corrupt ones.
+        """The newest readable checkpoint, or None; corrupt ones are set aside.
 
-        A checkpoint that cannot be read (truncated or garbled data, a missing
-        file) is reported in a warning naming it and the checkpoint used
-        instead; unless read-only, it is renamed `<step>.corrupt` so that later
-        runs do not list it. Nothing is deleted.
-
-        Args:
-            like: a pytree with the shapes and dtypes to restore into.
-
-        Returns:
-            The `Restored` checkpoint, or None when there is no readable one.
-
-        Raises:
-            Whatever `restore` raises for a readable checkpoint that does not
-            fit `like` (another architecture): that is not corruption.
-
-        Example:
-            >>> ckpt = Checkpointer("/tmp/run")
-            >>> restored = ckpt.restore_latest(like)  # doctest: +SKIP
-            >>> start = restored.step if restored else 0  # doctest: +SKIP
+        A checkpoint that cannot be read is named in a warning, with the one
+        used instead, and (unless read-only) renamed ``<step>.corrupt``. One
+        that is readable but not shaped like `like` (another architecture)
+        raises what orbax raises: that is not corruption.
         """
         corrupt = []
         for step in sorted(self._manager.all_steps(), reverse=True):
@@ -180,7 +185,7 @@ class Checkpointer:
             except Exception:
                 reason = self._unreadable(step)
                 if reason is None:
-                    raise  # Readable, but not shaped like `like`.
+                    raise  # readable, but not shaped like `like`
                 corrupt.append(self._set_aside(step, reason))
                 continue
             self._sync_set_aside()
@@ -208,11 +213,7 @@ class Checkpointer:
         return os.path.join(self.directory, str(step))
 
     def _unreadable(self, step: int) -> str | None:
-        """Why checkpoint `step` cannot be read as saved, or None if it can.
-
-        Reads it without a target structure, so that a checkpoint of another
-        shape (readable, but not ours) is not mistaken for a corrupt one.
-        """
+        """Why checkpoint `step` cannot be read as saved (any shape), or None."""
         try:
             self._manager.restore(
                 step,
@@ -238,15 +239,6 @@ class Checkpointer:
         os.rename(path, target)
         self._manager.reload()
         return f"{report}; moved it to {target}"
-
-    def wait(self) -> None:
-        """Blocks until pending saves are on disk (saves are synchronous)."""
-        self._manager.wait_until_finished()
-
-    def close(self) -> None:
-        """Finishes pending saves and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
 
 
 def _first_line(error: BaseException) -> str:

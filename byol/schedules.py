@@ -1,7 +1,8 @@
 """Schedules of the learning rate and of the target decay rate τ.
 
-Both are ``optax.Schedule``s: jittable functions of the step count ``k``
-(0-based, counting optimiser steps, warm-up included).
+``optax.Schedule``s: jittable functions of the optimiser step ``k`` (0-based,
+warm-up included). Arguments out of range raise: a schedule would otherwise
+silently compute another run.
 """
 
 import math
@@ -12,7 +13,7 @@ import optax
 
 
 def _check_steps(name: str, value, minimum: int) -> int:
-    """Returns ``value`` as an int, or raises if not an integer >= ``minimum``."""
+    """``value`` as an int, or a ValueError unless it is an integer >= `minimum`."""
     if (
         not isinstance(value, numbers.Real)
         or isinstance(value, bool)
@@ -30,36 +31,21 @@ def learning_rate_schedule(
     total_steps: int,
     warmup_steps: int,
 ) -> optax.Schedule:
-    """Linear warm-up then cosine decay, with the linear batch-size scaling.
+    """Linear warm-up, then cosine decay to 0, with the linear batch-size scaling.
 
-    With ``peak = base_learning_rate * batch_size / 256``, ``K = total_steps`` and
-    ``W = warmup_steps``, the value at step ``k`` is the reference code's::
+    With ``peak = base_learning_rate * batch_size / 256``, ``K = total_steps``
+    and ``W = warmup_steps``, the value at step ``k`` is the reference's::
 
-        k / W * peak                                          if k < W
-        peak * 0.5 * (1 + cos(pi * min(k - W, K - W) / max(1, K - W)))  otherwise
+        k / W * peak                                                if k < W
+        peak * 0.5 * (1 + cos(pi * min(k - W, K - W) / max(1, K - W)))  else
 
-    so it rises from 0 at ``k = 0``, peaks at ``k = W`` and, for ``W < K``,
-    reaches 0 at ``k = K`` and stays there (``W = K`` is all warm-up; the
-    ``max(1, .)`` avoids the reference's 0/0 there). Written out rather than via
-    ``optax.warmup_cosine_decay_schedule``, which agrees to float rounding for
-    ``0 < W < K`` but raises for ``W = K`` and warns for ``W = 0``.
+    (``W = K`` is all warm-up: the ``max`` avoids the reference's 0/0). Written
+    out: `optax.warmup_cosine_decay_schedule` agrees for ``0 < W < K`` but
+    raises for ``W = K``.
 
-    Args:
-        base_learning_rate: Learning rate for a batch of 256 (>= 0), e.g. 0.2.
-        batch_size: Global batch size (>= 1).
-        total_steps: Total number of optimiser steps K, warm-up included (>= 1).
-        warmup_steps: Number of warm-up steps W, in ``[0, total_steps]``.
-
-    Returns:
-        A schedule mapping the step count to the learning rate (float32).
-
-    Raises:
-        ValueError: If an argument is out of its range; the message names it.
-
-    Example:
-        >>> schedule = learning_rate_schedule(0.2, 4096, total_steps=312_800,
-        ...                                   warmup_steps=3_128)
-        >>> schedule(3_128)  # 3.2, the peak
+    >>> schedule = learning_rate_schedule(0.2, 4096, 312_800, 3_128)
+    >>> round(float(schedule(3_128)), 4), float(schedule(312_800))
+    (3.2, 0.0)
     """
     if (
         not isinstance(base_learning_rate, numbers.Real)
@@ -93,25 +79,11 @@ def learning_rate_schedule(
 
 
 def target_ema_schedule(base_ema: float, total_steps: int) -> optax.Schedule:
-    """The target decay rate ``τ_k = 1 - (1 - τ_base) (cos(π k / K) + 1) / 2``.
+    """The target decay rate ``τ_k = 1 - (1 - τ_base) (cos(π k / K) + 1) / 2``, then 1.
 
-    τ rises from ``base_ema`` at ``k = 0`` to 1 at ``k = K`` and stays at 1
-    after. Implemented as ``1 - optax.cosine_decay_schedule(1 - τ_base, K)``,
-    which is this formula exactly (with ``k`` clipped to ``K``).
-
-    Args:
-        base_ema: τ_base in ``[0, 1]``, e.g. 0.996.
-        total_steps: Total number of optimiser steps K, warm-up included (>= 1).
-
-    Returns:
-        A schedule mapping the step count to τ (float32).
-
-    Raises:
-        ValueError: If an argument is out of its range; the message names it.
-
-    Example:
-        >>> tau = target_ema_schedule(0.996, total_steps=1000)
-        >>> tau(0), tau(1000)  # 0.996, 1.0
+    >>> tau = target_ema_schedule(0.996, total_steps=1000)
+    >>> round(float(tau(0)), 6), float(tau(1000))
+    (0.996, 1.0)
     """
     if (
         not isinstance(base_ema, numbers.Real)

@@ -178,6 +178,7 @@ def test_every_checkpoint_corrupt_means_no_resume(tmp_path, caplog):
     assert sorted(os.listdir(directory)) == ["1.corrupt", "2.corrupt"]
     # A new run writes step 2 again; a second corrupt 2 keeps the first one.
     ckpt.save(2, _state(2), {"step": 2})
+    ckpt.wait()  # saves are asynchronous
     _truncate(os.path.join(directory, "2"))
     assert ckpt.restore_latest(_state(0)) is None
     assert sorted(os.listdir(directory)) == ["1.corrupt", "2.corrupt", "2.corrupt-2"]
@@ -247,12 +248,14 @@ def test_real_write_failure_is_one_line_and_keeps_the_previous(tmp_path):
     """Files capped at 100 bytes (RLIMIT_FSIZE): writes fail as on a full disk."""
     ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=1)
     ckpt.save(1, _state(1), {"step": 1})
+    ckpt.wait()
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
     resource.setrlimit(resource.RLIMIT_FSIZE, (100, limit[1]))
     try:
         with pytest.raises(checkpointing.CheckpointWriteError) as caught:
-            ckpt.save(2, _state(2), {"step": 2})
+            ckpt.save(2, _state(2), {"step": 2})  # asynchronous: returns
+            ckpt.wait()  # the write's error surfaces here (or at the next save)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limit)
         signal.signal(signal.SIGXFSZ, handler)
