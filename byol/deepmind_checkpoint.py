@@ -1,41 +1,29 @@
 r"""DeepMind's released BYOL checkpoints: load them safely, map them onto our network.
 
-DeepMind's BYOL code (deepmind-research/byol) saves its training state with
-``dill.dump(..., protocol=2)`` and its released checkpoints
-(``pretrain_res50x1.pkl``, ``pretrain_res200x2.pkl``) are such files: a dict
+DeepMind's BYOL code saves its state with ``dill.dump(..., protocol=2)``; its
+released checkpoints (``pretrain_res50x1.pkl``, ...) are such files:
 
     {"experiment_state": _ByolExperimentState(online_params, target_params,
                                                online_state, target_state,
                                                opt_state),
      "step": int, "rng": uint32[2]}
 
-whose params and states are Haiku two-level mappings
-``{module_name: {name: numpy array}}`` (``FlatMapping`` or ``frozendict``,
-depending on the Haiku version that wrote them).
+with Haiku mappings ``{module_name: {name: numpy array}}``. `pickle.load` on a
+downloaded file runs whatever the file says; this loader admits only numpy's
+array and dtype reconstruction, plain containers, Python 2 byte strings and
+inert stand-ins for Haiku's mappings and the reference's NamedTuples, and
+refuses anything else (``os.system``, ``builtins.eval``, ...) before it runs.
+It also bounds the work a small hostile file can ask for: the file's size,
+every length against what is left of the file, the nesting depth and the
+nodes visited (shared references count each time), and admits only plain
+numeric dtypes (no fields, subarrays or objects). Every refusal is a one-line
+ValueError naming the file.
 
-A pickle can call any importable function while it loads, so
-`pickle.load` on a downloaded file runs whatever the file says. The loader
-here admits only what such a checkpoint needs: numpy's array and dtype
-reconstruction, plain containers, Python 2 byte strings, and stand-ins for
-the reference's own classes (Haiku's mappings become dicts; its NamedTuples
-become inert records of their fields, never the real classes). Anything else
-(``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) is refused with
-`UnsafeCheckpointError` before it runs.
-
-The network of a checkpoint is read from its parameter names and shapes
-(encoder depth from the module name, width and stem from ``initial_conv``,
-head sizes from ``projector`` / ``predictor``) and checked, name by name and
-shape by shape, against this project's BN network (`make_forward` of
-`byol.byol_experiment`), whose names follow DeepMind's:
-
-    >>> ckpt = load_deepmind_checkpoint("pretrain_res50x1.pkl")  # doctest: +SKIP
-    >>> weights = to_network(ckpt)  # doctest: +SKIP
-    >>> weights.model.encoder, weights.step  # doctest: +SKIP
-    ('resnet50', ...)
-
-LARS momentum (``opt_state``) is read but not returned: this project's
-optimiser state has another layout, and the released files are for
-evaluation, not for resuming DeepMind's run.
+The network is read from the parameter names and shapes (depth from the
+encoder's module name, width and stem from ``initial_conv``, head sizes from
+the projector and predictor) and checked against our BN network (`make_forward`
+of `byol.model`), whose names follow DeepMind's. LARS momentum is not returned
+(our optimiser state has another layout).
 """
 
 from __future__ import annotations
@@ -57,6 +45,7 @@ import numpy as np
 from byol import model as models
 from byol import networks
 from byol.parallel import AXIS
+from configs import common
 
 try:  # numpy >= 1.26 names its internals numpy._core; older ones numpy.core.
     from numpy._core import multiarray as _multiarray
@@ -76,27 +65,11 @@ EXPERIMENT_STATE_FIELDS = (
 )
 CLASSIFIER = "classifier"  # the online linear probe, not part of the representation
 _MAX_NAMED = 3  # entries named per kind of mismatch in an error
-
-# The BN model section the released checkpoints were trained with (the fields
-# of configs/common.py's `model`); architecture fields are read from the file.
-_BN_MODEL = dict(
-    encoder="resnet50",
-    width_multiplier=1,
-    small_image=False,
-    norm="bn",
-    encoder_norm="",
-    projector_norm="",
-    predictor_norm="",
-    num_groups=16,
-    encoder_ws=-1,
-    mlp_ws=0,
-    ws_eps=1e-4,
-    bn_init=False,
-    projector_hidden_size=4096,
-    projection_size=256,
-    predictor_hidden_size=4096,
-    compute_dtype="float32",
-)
+# What a hostile file may ask for. ResNet-200 2x's released file is ~3 GB, its
+# structure a few thousand nodes, 6 deep.
+MAX_FILE_BYTES = 16 * 2**30
+MAX_DEPTH = 64
+MAX_NODES = 1_000_000
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
@@ -111,17 +84,20 @@ class CheckpointFormatError(ValueError):
 class PickledRecord(tuple):
     """A NamedTuple of the reference's code, kept as the values of its fields.
 
-    The reference's classes (`_ByolExperimentState`, optimiser states) are
-    never imported: each becomes a subclass of this inert tuple that knows
-    its class name and, when the pickle says, its field names.
+    The reference's classes are never imported: each becomes an inert tuple
+    subclass knowing its class name and, when the pickle says, its fields.
     """
 
     record_name = "record"
     record_fields: tuple[str, ...] = ()
 
     def __new__(cls, *values):
-        """A record of `values` (how pickle's NEWOBJ and REDUCE build one)."""
         return tuple.__new__(cls, values)
+
+    def __setstate__(self, state):  # pickle's BUILD: a NamedTuple has no state
+        raise UnsafeCheckpointError(
+            f"refused to set a state on the record {self.record_name!r}"
+        )
 
     def fields(self) -> dict[str, Any] | None:
         """The values by field name, or None when the names are unknown."""
@@ -131,12 +107,13 @@ class PickledRecord(tuple):
 
 
 def _record_class(name: str, fields=(), module: str = "") -> type:
-    if not isinstance(name, str) or not isinstance(fields, (tuple, list)):
+    if not isinstance(name, str) or not isinstance(fields, tuple | list):
         raise UnsafeCheckpointError(
-            f"refused a pickled NamedTuple class {name!r} with fields {fields!r}"
+            f"refused a pickled NamedTuple class {type(name).__name__} with "
+            f"fields of type {type(fields).__name__}"
         )
     if not all(isinstance(f, str) and f.isidentifier() for f in fields):
-        raise UnsafeCheckpointError(f"refused NamedTuple fields {fields!r}")
+        raise UnsafeCheckpointError("refused NamedTuple fields that are not names")
     return type(
         re.sub(r"\W", "_", name) or "record",
         (PickledRecord,),
@@ -174,13 +151,37 @@ def _reconstruct_record(cls, base, state):
     return cls(*state)
 
 
+def _plain_dtype(dtype) -> np.dtype:
+    """`dtype` if it is a plain number type; a forged one could read pointers."""
+    if (
+        not isinstance(dtype, np.dtype)
+        or dtype.kind not in "fiub"
+        or dtype.fields is not None
+        or dtype.subdtype is not None
+        or dtype.hasobject
+    ):
+        raise UnsafeCheckpointError(
+            f"refused an array of dtype {getattr(dtype, 'str', type(dtype).__name__)}"
+            ": a BYOL checkpoint holds plain numbers only"
+        )
+    return dtype
+
+
+def _scalar(dtype, *args):
+    return _multiarray.scalar(_plain_dtype(dtype), *args)
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    return _numeric._frombuffer(buffer, _plain_dtype(dtype), shape, order)
+
+
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_bytes,
@@ -208,7 +209,7 @@ def _stand_in(module: str, name: str):
         return _haiku_mapping
     if name == "_ByolExperimentState" and module.split(".")[-1] == "byol_experiment":
         return _record_class(name, EXPERIMENT_STATE_FIELDS, module)
-    # Optimiser states in opt_state: optax's, and the reference's LARS
+    # Optimiser states: optax's, and the reference's LARS ones
     # (byol.utils.optimizers.ScaleByLarsState, AddWeightDecayState).
     optimiser = root == "optax" or module.split(".")[-1] == "optimizers"
     if optimiser and name.endswith("State") and name.isidentifier():
@@ -216,16 +217,38 @@ def _stand_in(module: str, name: str):
     return None
 
 
-class _CheckpointUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the names a BYOL checkpoint needs."""
+class _BoundedFile:
+    """A file whose reads may not ask for more than is left of it."""
 
-    def __init__(self, file, path: str):
-        super().__init__(file)
+    def __init__(self, file, size: int):
+        self._file, self._left = file, size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is not None and n > self._left:
+            raise CheckpointFormatError(
+                f"a length of {n:,} bytes beyond the file's end"
+            )
+        data = self._file.read(n)
+        self._left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self._file.readline()
+        self._left -= len(line)
+        return line
+
+
+class _CheckpointUnpickler(pickle._Unpickler):  # noqa: SLF001 (opcodes overridable)
+    """Pickle's own unpickler, resolving only what a BYOL checkpoint needs."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
+
+    def __init__(self, file, path: str, size: int):
+        super().__init__(_BoundedFile(file, size))
         self._path = path
 
     def find_class(self, module: str, name: str):
-        # Protocol-2 pickles written by Python 3 name builtins as Python 2 did
-        # (`__builtin__.set`); pickle's own find_class renames them the same way.
+        # Protocol-2 pickles written by Python 3 name builtins as Python 2 did.
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[module, name]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
@@ -238,20 +261,48 @@ class _CheckpointUnpickler(pickle.Unpickler):
             )
         return found
 
+    def load_build(self):
+        """BUILD: only an array (of a plain dtype) or a dtype takes a state."""
+        state, target = self.stack[-1], self.stack[-2]
+        if isinstance(target, np.ndarray) and isinstance(state, tuple):
+            # (version, shape, dtype, is_fortran, data)
+            _plain_dtype(state[2] if len(state) == 5 else state[1])
+        elif not isinstance(target, np.dtype):
+            raise UnsafeCheckpointError(
+                f"refused to set a state on a {type(target).__name__}"
+            )
+        super().load_build()
+        if isinstance(target, np.dtype):
+            _plain_dtype(target)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
 
 # ---------------------------------------------------------------------- load
-def _plain(value):
-    """Dicts, lists and tuples of arrays in place of stand-ins and mappings."""
-    if isinstance(value, PickledRecord):
-        fields = value.fields()
-        if fields is None:
-            return tuple(_plain(v) for v in value)
-        return {k: _plain(v) for k, v in fields.items()}
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
+class _Walk:
+    """Turns stand-ins and mappings into plain dicts, lists and tuples, bounded."""
+
+    def __init__(self, path: str):
+        self.path, self.nodes = path, 0
+
+    def __call__(self, value, depth: int = 0):
+        self.nodes += 1
+        if depth > MAX_DEPTH or self.nodes > MAX_NODES:
+            raise CheckpointFormatError(
+                f"{self.path} is not a DeepMind BYOL checkpoint: its structure is "
+                f"deeper than {MAX_DEPTH} or has more than {MAX_NODES:,} nodes "
+                "(shared or self references?)"
+            )
+        if isinstance(value, PickledRecord):
+            fields = value.fields()
+            if fields is None:
+                return tuple(self(v, depth + 1) for v in value)
+            return {k: self(v, depth + 1) for k, v in fields.items()}
+        if isinstance(value, Mapping):
+            return {k: self(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self(v, depth + 1) for v in value)
+        return value
 
 
 def _check_variables(tree, where: str, path: str) -> dict:
@@ -266,52 +317,35 @@ def _check_variables(tree, where: str, path: str) -> dict:
         fail(f" is a {type(tree).__name__}, expected {{module: {{name: array}}}}")
     out = {}
     for module, leaves in tree.items():
-        if not isinstance(module, str) or not isinstance(leaves, Mapping):
+        if not isinstance(module, str):
+            fail(f" has a {type(module).__name__} key, expected module names")
+        if not isinstance(leaves, Mapping):
             fail(f"[{module!r}] is a {type(leaves).__name__}, expected {{name: array}}")
         out[module] = {}
         for name, leaf in leaves.items():
-            numeric = isinstance(leaf, (np.ndarray, np.generic))
-            if not numeric or leaf.dtype.kind not in "fiub":
+            if not isinstance(leaf, np.ndarray | np.generic) or leaf.dtype.kind not in (
+                "fiub"
+            ):
                 kind = getattr(leaf, "dtype", type(leaf).__name__)
                 fail(f"[{module!r}][{name!r}] is {kind}, expected a numeric array")
             out[module][name] = np.asarray(leaf)
     return out
 
 
-def load_deepmind_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Loads a DeepMind BYOL checkpoint without running code from the file.
-
-    Args:
-        path: a ``.pkl`` written by deepmind-research/byol (e.g. the released
-            ``pretrain_res50x1.pkl``).
-
-    Returns:
-        Plain dicts of numpy arrays: ``online_params``, ``online_state``,
-        ``target_params``, ``target_state`` (each ``{module: {name: array}}``),
-        ``step`` (int) and ``rng`` (array, or None when absent).
-
-    Raises:
-        UnsafeCheckpointError: the pickle asks for any callable other than
-            numpy's array reconstruction, plain containers and the reference's
-            own mappings and NamedTuples (the message names it and the file);
-            nothing it asks for has run.
-        CheckpointFormatError: the file is not a pickle, or not of this layout.
-        FileNotFoundError: no such file.
-
-    Example:
-        >>> ckpt = load_deepmind_checkpoint("pretrain_res50x1.pkl")  # doctest: +SKIP
-        >>> stem = ckpt["online_params"]["res_net50/~/initial_conv"]  # doctest: +SKIP
-        >>> stem["w"].shape  # doctest: +SKIP
-        (7, 7, 3, 64)
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"DeepMind BYOL checkpoint {path} does not exist")
+def _unpickle(path: str):
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise CheckpointFormatError(
+            f"{path} is {size / 2**30:.1f} GiB; a DeepMind BYOL checkpoint is "
+            f"under {MAX_FILE_BYTES / 2**30:.0f} GiB"
+        )
     with open(path, "rb") as f:
         try:
-            raw = _CheckpointUnpickler(f, path).load()
-        except UnsafeCheckpointError:
-            raise
+            return _CheckpointUnpickler(f, path, size).load()
+        except UnsafeCheckpointError as error:
+            if path in str(error):
+                raise
+            raise UnsafeCheckpointError(f"{error} (in {path})") from None
         except (
             pickle.UnpicklingError,
             EOFError,
@@ -320,15 +354,42 @@ def load_deepmind_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             KeyError,
             IndexError,
             AttributeError,
+            OverflowError,
+            MemoryError,
+            RecursionError,
         ) as error:
             reason = str(error).strip().splitlines()
-            reason = reason[0] if reason else type(error).__name__
+            reason = reason[0][:200] if reason else type(error).__name__
             raise CheckpointFormatError(
                 f"{path} is not a DeepMind BYOL checkpoint: unreadable pickle "
                 f"({reason})"
-            ) from error
+            ) from None
+
+
+def load_deepmind_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Loads a DeepMind BYOL checkpoint without running code from the file.
+
+    Returns:
+        ``online_params``, ``online_state``, ``target_params``,
+        ``target_state`` (each ``{module: {name: array}}``), ``step`` (int)
+        and ``rng`` (array, or None).
+
+    Raises:
+        UnsafeCheckpointError: the pickle asks for a callable or a value a
+            checkpoint never holds (named, with the file); nothing it asks
+            for has run.
+        CheckpointFormatError: not a pickle, not this layout, or beyond the
+            loader's bounds.
+        FileNotFoundError: no such file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"DeepMind BYOL checkpoint {path} does not exist")
+    raw = _unpickle(path)
     if not isinstance(raw, Mapping) or "experiment_state" not in raw:
-        keys = sorted(map(str, raw)) if isinstance(raw, Mapping) else None
+        keys = sorted(k for k in raw if isinstance(k, str)) if isinstance(
+            raw, Mapping
+        ) else None  # fmt: skip
         got = f"a dict with keys {keys}" if keys is not None else type(raw).__name__
         raise CheckpointFormatError(
             f"{path} is not a DeepMind BYOL checkpoint: expected a dict with "
@@ -337,26 +398,31 @@ def load_deepmind_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     state = raw["experiment_state"]
     fields = state.fields() if isinstance(state, PickledRecord) else state
     if not isinstance(fields, Mapping) or not set(VARIABLES) <= set(fields):
-        have = sorted(fields) if isinstance(fields, Mapping) else type(state).__name__
+        have = (
+            sorted(k for k in fields if isinstance(k, str))
+            if isinstance(fields, Mapping)
+            else type(state).__name__
+        )
         raise CheckpointFormatError(
             f"{path} is not a DeepMind BYOL checkpoint: experiment_state has "
             f"{have}, expected the fields {', '.join(VARIABLES)}"
         )
+    walk = _Walk(path)
     out = {
-        name: _check_variables(_plain(fields[name]), f"experiment_state.{name}", path)
+        name: _check_variables(walk(fields[name]), f"experiment_state.{name}", path)
         for name in VARIABLES
     }
     step = raw.get("step", 0)
     if isinstance(step, np.ndarray) and step.size == 1:
         step = step.reshape(())[()]
-    if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+    if not isinstance(step, int | np.integer) or isinstance(step, bool):
         raise CheckpointFormatError(
             f"{path} is not a DeepMind BYOL checkpoint: step is "
             f"{type(step).__name__}, expected an integer"
         )
     rng = raw.get("rng")
     out["step"] = int(step)
-    out["rng"] = None if rng is None else np.asarray(rng)
+    out["rng"] = None if rng is None else np.asarray(walk(rng))
     return out
 
 
@@ -398,12 +464,7 @@ def _stem_kernel(params: hk.Params, source: str) -> tuple[str, tuple[int, ...]]:
 
 
 def input_channels(params: hk.Params, source: str = "the checkpoint") -> int:
-    """Channels of the images a checkpoint's encoder takes (3 for RGB).
-
-    Example:
-        >>> input_channels(ckpt["online_params"])  # doctest: +SKIP
-        3
-    """
+    """Channels of the images a checkpoint's encoder takes (3 for RGB)."""
     return _stem_kernel(params, source)[1][2]
 
 
@@ -414,32 +475,14 @@ def model_config(
 ) -> ml_collections.ConfigDict:
     """The `model` config section of a checkpoint's network, read from its params.
 
-    Encoder depth comes from the encoder's module name (``res_net50`` ->
-    ``resnet50``), width and stem (7x7, or the small-image 3x3) from
-    ``initial_conv``, head sizes from ``projector`` and ``predictor``. The
-    normalisation is BN everywhere, as in the released checkpoints.
-
-    Args:
-        params: online parameters ``{module: {name: array}}``.
-        base: the model section to start from (every other field is kept);
-            default: the reference's BN ResNet-50 (configs/byol.py, norm=bn).
-        source: names the checkpoint in errors.
-
-    Returns:
-        A new model section.
-
-    Raises:
-        CheckpointFormatError: no encoder, one of an unknown depth, or no
-            projector / predictor.
-
-    Example:
-        >>> model = model_config(ckpt["online_params"])  # doctest: +SKIP
-        >>> model.encoder, model.width_multiplier  # doctest: +SKIP
-        ('resnet50', 1)
+    Depth from the encoder's module name (``res_net50``), width and stem (7x7,
+    or the small-image 3x3) from ``initial_conv``, head sizes from
+    ``projector`` and ``predictor``; BN everywhere, as the released
+    checkpoints. Other fields come from `base` (default: configs/common.py's).
     """
     top, kernel = _stem_kernel(params, source)
     encoder = _ENCODER_BY_MODULE[top]
-    model = ml_collections.ConfigDict(dict(_BN_MODEL))
+    model = common.base_config().model
     if base is not None:
         model.update(base.to_dict() if hasattr(base, "to_dict") else dict(base))
 
@@ -467,21 +510,7 @@ def model_config(
 def network_shapes(
     model: ml_collections.ConfigDict, num_classes: int, channels: int = 3
 ):
-    """Shapes of (params, state) of `make_forward`'s network, without computing it.
-
-    Args:
-        model: a model section (`model_config`).
-        num_classes: classes of the online classifier.
-        channels: channels of the input images.
-
-    Returns:
-        Two pytrees of `jax.ShapeDtypeStruct`, ``{module: {name: shape}}``.
-
-    Example:
-        >>> params, state = network_shapes(model, 1000)  # doctest: +SKIP
-        >>> params["classifier"]["w"].shape  # doctest: +SKIP
-        (2048, 1000)
-    """
+    """(params, state) shapes of `make_forward`'s BN network, without computing it."""
     forward = models.make_forward(model, models.network_norms(model), num_classes)
     size = networks.min_image_size(model.small_image)
     # BN layers reduce over the pmap axis, which needs a named axis to trace.
@@ -507,26 +536,7 @@ def _named(items: list[str]) -> str:
 
 
 def fit_to_network(tree, like, what: str, source: str, network: str) -> dict:
-    """`tree` with the dtypes of `like`, or an error naming what does not fit.
-
-    Args:
-        tree: ``{module: {name: array}}`` from a checkpoint.
-        like: the same layout of `jax.ShapeDtypeStruct` (`network_shapes`).
-        what: which variables (``online_params``, ...), for errors.
-        source: names the checkpoint in errors.
-        network: names the network in errors.
-
-    Returns:
-        A copy of `tree` (arrays cast to `like`'s dtypes where they differ).
-
-    Raises:
-        CheckpointFormatError: one line naming the first few missing,
-            unexpected and mis-shaped entries.
-
-    Example:
-        >>> fit_to_network(ckpt["online_state"], state, "online_state",
-        ...                "ckpt.pkl", "resnet50")  # doctest: +SKIP
-    """
+    """`tree` cast to `like`'s dtypes, or an error naming what does not fit."""
     got, want = _leaves(tree), _leaves(like)
     missing = [k for k in want if k not in got]
     unexpected = [k for k in got if k not in want]
@@ -564,17 +574,10 @@ def fit_to_network(tree, like, what: str, source: str, network: str) -> dict:
 
 
 class NetworkWeights(NamedTuple):
-    """A checkpoint's variables, in the layout of `make_forward`'s network.
+    """A checkpoint's variables in the layout of `make_forward`'s network.
 
-    Attributes:
-        model: the model config section they fit (`model_config`).
-        online_params: online network parameters, classifier included.
-        online_state: online network state (BN moving statistics).
-        target_params: target network parameters.
-        target_state: target network state.
-        step: the checkpoint's training step.
-        initialised: modules initialised here because the checkpoint has none
-            of that shape (the ``classifier`` for another number of classes).
+    ``initialised`` names the modules initialised here because the checkpoint
+    has none of that shape (a classifier for another number of classes).
     """
 
     model: ml_collections.ConfigDict
@@ -600,35 +603,17 @@ def to_network(
     rng: jax.Array | None = None,
     source: str = "the checkpoint",
 ) -> NetworkWeights:
-    """Checks a loaded checkpoint against our BN network and returns its variables.
+    """Checks a loaded checkpoint against our BN network; returns its variables.
 
     Every module, parameter and state entry must exist in `make_forward`'s
     network with the same shape, and the network must have no other (the
-    ``classifier`` aside). The online classifier is a training monitor for
-    the pre-training dataset: it is kept when it has `num_classes` outputs
-    and initialised afresh (as `hk.Linear`) otherwise.
-
-    Args:
-        checkpoint: `load_deepmind_checkpoint`'s result.
-        num_classes: classes of the classifier; default: the checkpoint's.
-        base_model: model section to build on (see `model_config`).
-        rng: key of a fresh classifier (default: key 0).
-        source: names the checkpoint in errors.
-
-    Returns:
-        The `NetworkWeights`, host numpy arrays.
+    ``classifier`` aside: a training monitor, kept when it has `num_classes`
+    outputs and initialised afresh otherwise).
 
     Raises:
-        CheckpointFormatError: a module, parameter or state entry missing,
-            unexpected or of another shape (one line naming the first few),
-            or `num_classes` not given for a checkpoint without a classifier.
-
-    Example:
-        >>> weights = to_network(load_deepmind_checkpoint(path))  # doctest: +SKIP
-        >>> forward = make_forward(weights.model, network_norms(weights.model),
-        ...                        1000)  # doctest: +SKIP
-        >>> out, _ = forward.apply(weights.online_params, weights.online_state,
-        ...                        None, images, is_training=False)  # doctest: +SKIP
+        CheckpointFormatError: an entry missing, unexpected or of another shape
+            (one line naming the first few), or `num_classes` not given for a
+            checkpoint without a classifier.
     """
     online = checkpoint["online_params"]
     model = model_config(online, base_model, source)

@@ -3,32 +3,22 @@ r"""Export a pre-trained encoder to a plain ``.npz``: numpy arrays and JSON only
     python -m byol.export --workdir=workdirs/fm --output=encoder.npz \
         [--projector] [--target] [--data_dir=DIR]
 
-The newest checkpoint of the pre-training work directory is restored as
-linear evaluation restores it (`byol.linear_eval.restore_run`: the model is
-rebuilt from the run's config.json; the dataset's metadata is read for the
-number of classes, so `--data_dir` must find it if it moved). Keys of the
-``.npz``:
+The newest checkpoint of the pre-training work directory is restored
+(`byol.run_dir.restore_run`; the dataset's metadata gives the classifier's
+size, so `--data_dir` must find it if it moved). Keys:
 
     params/<module>/<name>          online encoder parameters, e.g.
                                     params/res_net50/~/initial_conv/w
-    state/<module>/<name>           online encoder state (BN moving averages:
-                                    .../initial_batchnorm/~/mean_ema/average)
+    state/<module>/<name>           its state (BN moving averages)
     target_params/..., target_state/...   the target network's (--target)
     model                           JSON of the run's `model` config section
     step                            the checkpoint's step (int64)
     format                          "byol-encoder-npz-1"
 
-Module names are Haiku's and contain ``/``; a parameter's name never does, so
-the last ``/`` splits module from name. ``--projector`` adds the projector's
-modules (``params/projector/linear/w``, ...); the predictor and the online
-classifier are never exported. `load_encoder_npz` reads the file back into
-nested dicts and `encoder_forward` rebuilds the network they fit:
-
-    >>> exported = load_encoder_npz("encoder.npz")  # doctest: +SKIP
-    >>> forward = encoder_forward(exported["model"])  # doctest: +SKIP
-    >>> x = byol.normalize(images)  # doctest: +SKIP
-    >>> emb, _ = forward.apply(exported["params"], exported["state"], None, x,
-    ...                        is_training=False)  # doctest: +SKIP
+A parameter's name never holds ``/``, so the last ``/`` splits module from
+name. ``--projector`` adds the projector; the predictor and the online
+classifier are never exported. `load_encoder_npz` reads the file back and
+`encoder_forward` rebuilds the network it fits.
 """
 
 from __future__ import annotations
@@ -81,25 +71,7 @@ def encoder_arrays(
     projector: bool = False,
     target: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The arrays of the ``.npz`` (key layout in the module docstring).
-
-    Args:
-        state: a restored (host, unreplicated) `TrainState`.
-        model: the run's `model` config section.
-        step: the checkpoint's step.
-        projector: also export the projector.
-        target: also export the target network.
-
-    Returns:
-        Key -> numpy array, ready for `np.savez`.
-
-    Example:
-        >>> run = linear_eval.restore_run(config)  # doctest: +SKIP
-        >>> model, step = run.config.model, run.step  # doctest: +SKIP
-        >>> arrays = encoder_arrays(run.state, model, step)  # doctest: +SKIP
-        >>> arrays["params/res_net50/~/initial_conv/w"].shape  # doctest: +SKIP
-        (7, 7, 3, 64)
-    """
+    """The arrays of the ``.npz`` (key layout in the module docstring)."""
     heads = ("projector",) if projector else ()
     trees = {"params": state.online_params, "state": state.online_state}
     if target:
@@ -169,23 +141,11 @@ def export_encoder(
 
 
 def load_encoder_npz(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads an exported encoder back (no pickle involved).
+    """An exported encoder read back, no pickle involved.
 
-    Args:
-        path: a file written by `export_encoder`.
-
-    Returns:
-        ``params`` and ``state`` (and ``target_params``, ``target_state`` when
-        exported) as ``{module: {name: array}}``, ``model`` (dict) and
-        ``step`` (int).
-
-    Raises:
-        ValueError: the file is not an exported encoder (one line).
-
-    Example:
-        >>> exported = load_encoder_npz("encoder.npz")  # doctest: +SKIP
-        >>> exported["params"]["res_net50/~/initial_conv"]["w"].shape  # doctest: +SKIP
-        (7, 7, 3, 64)
+    Returns ``params`` and ``state`` (and ``target_params``/``target_state``
+    when exported) as ``{module: {name: array}}``, ``model`` (dict) and
+    ``step``; a file of another kind is a one-line ValueError.
     """
     path = os.fspath(path)
     try:
@@ -224,19 +184,9 @@ def load_encoder_npz(path: str | os.PathLike) -> dict[str, Any]:
 def encoder_forward(model: Mapping[str, Any]) -> hk.TransformedWithState:
     """The encoder alone, as an exported file's params and state fit it.
 
-    Its BN layers (with ``norm=bn``) use their own batch in training mode, not
-    a cross-device one, so it runs anywhere: ``apply(params, state, None,
-    images, is_training)`` on normalised images [B, H, W, C] gives the
-    embeddings [B, D].
-
-    Args:
-        model: the exported ``model`` section (`load_encoder_npz`).
-
-    Returns:
-        The Haiku transform of the encoder (module names as in training).
-
-    Example:
-        >>> forward = encoder_forward(exported["model"])  # doctest: +SKIP
+    Its BN layers use their own batch in training mode (not a cross-device
+    one), so it runs anywhere: ``apply(params, state, None, images,
+    is_training)`` on normalised images [B, H, W, C] gives embeddings [B, D].
     """
     model = ml_collections.ConfigDict(dict(model))
     norm = dataclasses.replace(
@@ -282,14 +232,7 @@ flags.mark_flags_as_required(["workdir", "output"], flag_values=FLAGS)
 
 
 def main(argv: list[str]) -> int:
-    """Parses the command line, exports, and returns the exit status.
-
-    Bad flags and bad input end with one ``error: ...`` line and status 2.
-
-    Example:
-        >>> main(["export", "--workdir=runs/fm", "--output=e.npz"])  # doctest: +SKIP
-        0
-    """
+    """Parses the command line, exports, returns the exit status (2: bad input)."""
     FLAGS.unparse_flags()  # a second call starts from the defaults again
     try:
         FLAGS(argv)

@@ -35,6 +35,8 @@ from byol.deepmind_checkpoint import (
 )
 from configs import byol as byol_configs
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 BN = dict(create_scale=True, create_offset=True, decay_rate=0.9, eps=1e-5)
 
 
@@ -434,6 +436,121 @@ def test_not_a_pickle_and_missing_file(tmp_path):
     assert "\n" not in str(error.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_deepmind_checkpoint(tmp_path / "nowhere.pkl")
+
+
+# ---------------------------------------------- hostile files: bounded work
+def _wrapped(payload):
+    """A valid layout with `payload` where the online parameters belong."""
+    state = dict.fromkeys(deepmind_checkpoint.VARIABLES, {})
+    return {"experiment_state": {**state, "online_params": payload}, "step": 0}
+
+
+def _shared_reference_bomb():
+    """40 levels of [x, x]: ~600 bytes, 2**40 leaves when walked as a tree."""
+    x = [np.zeros(1, np.float32)]
+    for _ in range(40):
+        x = [x, x]
+    return pickle.dumps(_wrapped({"m": {"w": x}}), protocol=2)
+
+
+def _self_reference():
+    loop = []
+    loop.append(loop)
+    return pickle.dumps(_wrapped({"m": loop}), protocol=2)
+
+
+def _deep_nesting():
+    """A list 100,000 levels deep, written opcode by opcode (the pickler recurses)."""
+    depth = 100_000
+    body = b"]" * depth + b"a" * (depth - 1)  # EMPTY_LIST..., then APPENDs
+    head = pickle.dumps(_wrapped({"m": "PLACEHOLDER"}), protocol=2)
+    name = b"X\x0b\x00\x00\x00PLACEHOLDER"  # BINUNICODE, its length, its text
+    assert head.count(name) == 1
+    return head.replace(name, body)
+
+
+def _huge_length():
+    """A bytes object claiming 2**62 bytes in a file of a few."""
+    return b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b"xx."
+
+
+class _ForgedDtype:
+    """A float64 dtype whose fields hide an object (numpy itself refuses to make it)."""
+
+    def __reduce__(self):
+        fields = {"a": (np.dtype("O"), 0)}
+        return np.dtype, ("f8", False, True), (3, "<", None, ("a",), fields, 8, 1, 63)
+
+
+class _ForgedArray:
+    """Raw bytes read as that dtype's object pointers: a segfault when read."""
+
+    def __reduce__(self):
+        state = (1, (2,), _ForgedDtype(), False, b"\x01" * 16)
+        return np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), state
+
+
+class _Record(NamedTuple):
+    a: int
+
+
+class _RecordWithState:
+    def __reduce__(self):
+        return _Record, (1,), {"evil": True}  # BUILD with a state
+
+
+HOSTILE = {
+    "shared references": (_shared_reference_bomb, "more than 1,000,000 nodes"),
+    "self reference": (_self_reference, "deeper than 64"),
+    "deep nesting": (_deep_nesting, "deeper than 64"),
+    "huge length": (_huge_length, "beyond the file's end"),
+    "forged dtype": (
+        lambda: pickle.dumps(_wrapped({"m": {"w": _ForgedArray()}}), protocol=2),
+        "refused an array of dtype",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_pickles_end_in_one_line_quickly(tmp_path, case):
+    make, expected = HOSTILE[case]
+    path = tmp_path / "hostile.pkl"
+    path.write_bytes(make())
+    with pytest.raises(ValueError, match=expected) as error:
+        load_deepmind_checkpoint(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+    assert os.path.getsize(path) < 300_000
+
+
+def test_a_state_on_a_record_stand_in_is_refused(tmp_path):
+    data = pickle.dumps(_wrapped({"m": {"w": _RecordWithState()}}), protocol=2)
+    # Named as an optimiser state of the reference's, which loads as a record.
+    ours = f"c{_Record.__module__}\n_Record\n".encode()
+    assert data.count(ours) == 1
+    path = tmp_path / "hostile.pkl"
+    path.write_bytes(data.replace(ours, b"coptax\nScaleState\n"))
+    with pytest.raises(UnsafeCheckpointError, match="refused to set a state"):
+        load_deepmind_checkpoint(path)
+
+
+def test_cli_ends_a_hostile_pickle_in_one_line(tmp_path):
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(_shared_reference_bomb())
+    command = [
+        sys.executable,
+        "-m",
+        "byol.main",
+        "--config=configs/eval.py",
+        f"--config.evaluation.deepmind_checkpoint={path}",
+        f"--workdir={tmp_path / 'eval'}",
+    ]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {path} is not a DeepMind BYOL checkpoint: ")
 
 
 # --------------------------------------------------------------- mapping

@@ -1,23 +1,13 @@
 """What each dataset is made of: tfds splits, the held-out part, how to get it.
 
-Pure Python (no TensorFlow), so names and split rules can be checked cheaply.
-
-Our splits, as in the reference BYOL code:
-
-=================  ===========================================================
-``train``          everything used for pre-training (stl10: unlabelled + train)
-``train_minus_val``  ``train`` without the held-out ``val`` part
-``val``            the last ``val_size`` examples of the labelled tfds train
-                   split (tfds stores examples in a hash-shuffled order, so
-                   this is a fixed pseudo-random subset)
-``test``           the official split used for reporting (ImageNet's and
-                   Imagenette's ``validation``; ``test`` elsewhere)
-=================  ===========================================================
-
-Held-out sizes: imagenet2012 10,009 (the BYOL paper's count; the released code
-holds out the first 10,000), cifar10 / cifar100 / fashion_mnist 10,000,
-imagenette 1,000, stl10 1,000 of the 5,000 labelled images, an image folder
-10% of its train images (at most 10,000).
+Pure Python, so names and split rules can be checked without TensorFlow. Our
+splits, as in the reference code: ``train`` (everything pre-training sees;
+stl10: unlabelled + train), ``val`` (the last ``val_size`` examples of the
+labelled train split, a fixed pseudo-random subset since tfds stores examples
+hash-shuffled), ``train_minus_val``, and ``test`` (the split reported on:
+ImageNet's and Imagenette's ``validation``). Held out: imagenet2012 10,009 (the
+paper's count), cifar and fashion_mnist 10,000, imagenette and stl10 1,000, an
+image folder 10% of train (at most 10,000).
 """
 
 from __future__ import annotations
@@ -38,15 +28,13 @@ class Spec:
     """How one dataset maps onto tfds.
 
     Attributes:
-      labelled: the tfds split with labels from which ``val`` is held out.
+      labelled: the tfds split with labels; ``val`` is the end of it.
       test: the tfds split reported on.
-      val_size: examples held out of ``labelled`` (taken from its end).
-      unlabelled: tfds splits without labels, added to ``train`` (label -1).
-      fixed_size: whether all images share one small shape; those cross to the
-        device raw and are cropped there. Otherwise (JPEG datasets) the host
-        decodes and crops.
-      how_to_get: one line telling the user how to obtain the dataset; may use
-        ``{data_dir}``.
+      val_size: examples held out of ``labelled``.
+      unlabelled: tfds splits without labels, part of ``train`` (label -1).
+      fixed_size: all images of one small shape, cropped on the device;
+        otherwise (JPEG) the host decodes and crops.
+      how_to_get: one line saying how to get it (may use ``{data_dir}``).
     """
 
     labelled: str
@@ -109,36 +97,19 @@ DATASETS = (*SPECS, IMAGE_FOLDER_PREFIX + "<dir>")
 
 
 def base_name(dataset: str) -> str:
-    """Returns the catalogue name of a tfds name with config/version.
+    """The catalogue name of a tfds name with config/version.
 
-    Args:
-      dataset: e.g. ``'imagenette/160px-v2'`` or ``'cifar10:3.0.2'``.
-
-    Returns:
-      The part before any ``/`` or ``:``, e.g. ``'imagenette'``.
-
-    Example:
-      >>> base_name('imagenette/160px-v2')
-      'imagenette'
+    >>> base_name('imagenette/160px-v2')
+    'imagenette'
     """
     return dataset.split("/")[0].split(":")[0]
 
 
 def spec(dataset: str) -> Spec:
-    """Returns the `Spec` of a tfds-backed dataset.
+    """The `Spec` of a tfds dataset of the catalogue (a ValueError names the others).
 
-    Args:
-      dataset: a name of `DATASETS` (tfds config/version suffixes allowed).
-
-    Returns:
-      Its `Spec`.
-
-    Raises:
-      ValueError: for an unknown name.
-
-    Example:
-      >>> spec('cifar10').val_size
-      10000
+    >>> spec('cifar10').val_size
+    10000
     """
     found = SPECS.get(base_name(dataset))
     if found is None:
@@ -149,17 +120,7 @@ def spec(dataset: str) -> Spec:
 
 
 def check_split(split: str) -> None:
-    """Raises ValueError unless `split` is one of `SPLITS`.
-
-    Args:
-      split: a split name.
-
-    Raises:
-      ValueError: for an unknown split.
-
-    Example:
-      >>> check_split('val')
-    """
+    """A ValueError unless `split` is one of `SPLITS`."""
     if split not in SPLITS:
         raise ValueError(
             f"split {split!r} unknown; expected one of: {', '.join(SPLITS)}"
@@ -175,29 +136,13 @@ def split_ranges(
     unlabelled: tuple[str, ...] = (),
     labelled_only: bool = False,
 ) -> list[tuple[str, int, int]]:
-    """Expresses one of our splits as ranges of source splits.
+    """One of our splits as ``[(source_split, start, end), ...]``, empty ranges dropped.
 
-    Args:
-      split: one of `SPLITS`.
-      sizes: number of examples of each source split.
-      labelled: the source split holding labelled training examples.
-      test: the source split used as ``test``.
-      val_size: examples held out from the end of ``labelled``.
-      unlabelled: source splits without labels, part of ``train`` and
-        ``train_minus_val``.
-      labelled_only: leave the unlabelled source splits out.
+    ``val`` is the last `val_size` examples of `labelled`; ``train`` adds the
+    `unlabelled` splits first unless `labelled_only`.
 
-    Returns:
-      ``[(source_split, start, end), ...]``, concatenated in this order. Empty
-      ranges are dropped.
-
-    Raises:
-      ValueError: for an unknown split, or a held-out part that leaves nothing
-        to train on.
-
-    Example:
-      >>> split_ranges('val', {'train': 100, 'test': 10}, 'train', 'test', 20)
-      [('train', 80, 100)]
+    >>> split_ranges('val', {'train': 100, 'test': 10}, 'train', 'test', 20)
+    [('train', 80, 100)]
     """
     check_split(split)
     n = sizes[labelled]

@@ -22,18 +22,7 @@ EVAL_CROP_FRACTION = 224 / 256
 
 
 def random_crop_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Draws a random-resized-crop window.
-
-    Args:
-      shape: ``[height, width, ...]`` of the image (int32).
-      seed: stateless RNG seed, int64 ``[2]``.
-
-    Returns:
-      ``[offset_y, offset_x, height, width]`` int32, inside the image.
-
-    Example:
-      >>> w = random_crop_window(tf.constant([100, 200, 3]), tf.constant([0, 1]))
-    """
+    """A random-resized-crop window ``[top, left, height, width]`` in the image."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     height, width = shape[0], shape[1]
     area = tf.cast(height * width, tf.float32)
@@ -55,20 +44,7 @@ def random_crop_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def center_crop_window(
     shape: tf.Tensor, fraction: float = EVAL_CROP_FRACTION
 ) -> tf.Tensor:
-    """Returns the centred square window of side `fraction` x the short side.
-
-    Args:
-      shape: ``[height, width, ...]`` of the image (int32).
-      fraction: side of the crop relative to the shorter image side (224/256
-        as in the reference evaluation).
-
-    Returns:
-      ``[offset_y, offset_x, side, side]`` int32.
-
-    Example:
-      >>> center_crop_window(tf.constant([256, 512, 3])).numpy()
-      array([ 16, 144, 224, 224], dtype=int32)
-    """
+    """The centred square window of side `fraction` x the short side."""
     height, width = shape[0], shape[1]
     side = tf.cast(fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
     side = tf.maximum(side, 1)
@@ -76,18 +52,7 @@ def center_crop_window(
 
 
 def decode_and_crop(encoded: tf.Tensor, window_fn) -> tf.Tensor:
-    """Decodes an encoded image inside a window chosen from its shape.
-
-    Args:
-      encoded: JPEG/PNG/GIF/BMP bytes (scalar string).
-      window_fn: maps the image shape (int32 ``[3]``) to a crop window.
-
-    Returns:
-      The crop, uint8 ``[h, w, 3]`` (grayscale and RGBA become RGB).
-
-    Example:
-      >>> crop = decode_and_crop(jpeg_bytes, center_crop_window)  # doctest: +SKIP
-    """
+    """Image bytes decoded inside the window `window_fn` picks from their shape."""
 
     def jpeg():
         window = window_fn(tf.io.extract_jpeg_shape(encoded))
@@ -102,41 +67,17 @@ def decode_and_crop(encoded: tf.Tensor, window_fn) -> tf.Tensor:
 
 
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Resizes to ``size x size`` with bicubic interpolation, back to uint8.
+    """Bicubic resize to ``size x size``, rounded and clipped back to uint8.
 
-    Bicubic overshoots are clipped to [0, 255] and values rounded, so the
-    device sees the reference's ``clip(resize(x) / 255, 0, 1)`` up to 1/510.
-
-    Args:
-      image: uint8 ``[h, w, c]``.
-      size: output side.
-
-    Returns:
-      uint8 ``[size, size, c]``.
-
-    Example:
-      >>> resize(tf.zeros([10, 20, 3], tf.uint8), 8).shape
-      TensorShape([8, 8, 3])
+    The device then sees the reference's ``clip(resize(x) / 255, 0, 1)`` up to
+    1/510.
     """
     resized = tf.image.resize(image, [size, size], tf.image.ResizeMethod.BICUBIC)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
 def random_views(encoded: tf.Tensor, seed: tf.Tensor, size: int, num_views: int):
-    """Decodes `num_views` independent random-resized crops of one image.
-
-    Args:
-      encoded: image bytes.
-      seed: int64 ``[2]`` stateless seed of this example.
-      size: output side.
-      num_views: number of crops.
-
-    Returns:
-      A list of uint8 ``[size, size, 3]`` crops.
-
-    Example:
-      >>> v1, v2 = random_views(jpeg, tf.constant([0, 7]), 64, 2)  # doctest: +SKIP
-    """
+    """`num_views` independent random-resized crops ``[size, size, 3]`` of an image."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num_views)
     return [
         resize(
@@ -150,19 +91,7 @@ def random_views(encoded: tf.Tensor, seed: tf.Tensor, size: int, num_views: int)
 
 
 def center_view(encoded: tf.Tensor, size: int, fraction: float = EVAL_CROP_FRACTION):
-    """Decodes the evaluation view: centre crop, resized to ``size``.
-
-    Args:
-      encoded: image bytes.
-      size: output side.
-      fraction: crop side relative to the short side.
-
-    Returns:
-      uint8 ``[size, size, 3]``.
-
-    Example:
-      >>> image = center_view(jpeg_bytes, 224)  # doctest: +SKIP
-    """
+    """The evaluation view: the centre crop, resized to ``size``."""
     return resize(
         decode_and_crop(encoded, lambda shape: center_crop_window(shape, fraction)),
         size,

@@ -16,26 +16,12 @@ import numpy as np
 
 
 def shard_bounds(num_examples: int, process_index: int, process_count: int):
-    """Returns the ``[start, end)`` of one process's contiguous shard.
+    """``[start, end)`` of a process's contiguous shard (`tfds.split_for_jax_process`).
 
-    The shards of processes ``0 .. process_count - 1`` are disjoint, cover
-    ``range(num_examples)`` and differ in size by at most one (as
-    `tfds.split_for_jax_process`).
+    The shards are disjoint, cover the split and differ in size by at most one.
 
-    Args:
-      num_examples: size of the split.
-      process_index: this process, in ``[0, process_count)``.
-      process_count: number of processes.
-
-    Returns:
-      ``(start, end)``.
-
-    Raises:
-      ValueError: if the process index is out of range.
-
-    Example:
-      >>> shard_bounds(10, 1, 3)
-      (3, 6)
+    >>> shard_bounds(10, 1, 3)
+    (3, 6)
     """
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(
@@ -47,18 +33,12 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int):
 
 
 class TrainOrder:
-    """The endless, shuffled index stream of one process.
+    """The endless, shuffled stream of one process's shard-local indices.
 
-    Args:
-      num_examples: size of the process's shard (indices are shard-local).
-      batch_size: examples per host batch.
-      seed: non-negative integer.
-      process_index: mixed into the seed so processes shuffle differently.
-
-    Example:
-      >>> order = TrainOrder(10, 4, seed=0)
-      >>> sorted(np.concatenate([order.indices(0), order.indices(1)])[:10])[:3]
-      [0, 1, 2]
+    >>> order = TrainOrder(10, 4, seed=0)
+    >>> first = [order.indices(s) for s in range(3)]
+    >>> sorted(np.concatenate(first)[:10].tolist())
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     """
 
     def __init__(
@@ -78,7 +58,7 @@ class TrainOrder:
         self._cache = (-1, np.arange(0))
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """Returns the order of the shard's examples in `epoch` (int64)."""
+        """The order of the shard's examples in `epoch` (the last one is cached)."""
         cached_epoch, permutation = self._cache
         if epoch != cached_epoch:
             rng = np.random.default_rng([*self._entropy, epoch])
@@ -87,12 +67,12 @@ class TrainOrder:
         return permutation
 
     def positions(self, step: int) -> np.ndarray:
-        """Returns the stream positions of batch `step` (int64 [batch_size])."""
+        """The stream positions of batch `step`."""
         start = step * self.batch_size
         return np.arange(start, start + self.batch_size, dtype=np.int64)
 
     def indices(self, step: int) -> np.ndarray:
-        """Returns the shard-local example indices of batch `step`."""
+        """The shard-local example indices of batch `step`."""
         positions = self.positions(step)
         epochs, offsets = np.divmod(positions, self.num_examples)
         out = np.empty_like(positions)
@@ -103,42 +83,20 @@ class TrainOrder:
 
 
 def eval_num_batches(num_examples: int, process_count: int, batch_size: int) -> int:
-    """Returns the number of evaluation batches, equal on every process.
+    """Evaluation batches per process, the same on every process (they pmap together).
 
-    Every process must run the same number of (pmapped) steps, so all pad to
-    the largest shard.
-
-    Args:
-      num_examples: size of the whole split.
-      process_count: number of processes.
-      batch_size: examples per host batch.
-
-    Returns:
-      ``ceil(largest shard / batch_size)``.
-
-    Example:
-      >>> eval_num_batches(10, 3, 2)  # shards of 3, 3, 4 examples
-      2
+    >>> eval_num_batches(10, 3, 2)  # shards of 3, 3 and 4 examples
+    2
     """
     largest = -(-num_examples // process_count)
     return -(-largest // batch_size)
 
 
 def eval_indices(num_examples: int, batch_size: int, step: int):
-    """Returns the indices and mask of evaluation batch `step`.
+    """Indices and mask of evaluation batch `step`; padding points at example 0.
 
-    Args:
-      num_examples: size of this process's shard.
-      batch_size: examples per host batch.
-      step: batch number.
-
-    Returns:
-      ``(indices, mask)``: int64 and bool ``[batch_size]``. Padding entries
-      (beyond the shard's end) point at example 0 and have mask False.
-
-    Example:
-      >>> eval_indices(5, 4, 1)
-      (array([4, 0, 0, 0]), array([ True, False, False, False]))
+    >>> eval_indices(5, 4, 1)
+    (array([4, 0, 0, 0]), array([ True, False, False, False]))
     """
     positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
     mask = positions < num_examples
@@ -146,21 +104,7 @@ def eval_indices(num_examples: int, batch_size: int, step: int):
 
 
 def example_seeds(seed: int, process_index: int, positions: np.ndarray) -> np.ndarray:
-    """Returns one stateless-RNG seed per stream position, for host-side crops.
-
-    Args:
-      seed: the run's seed.
-      process_index: this process.
-      positions: stream positions (int64).
-
-    Returns:
-      int64 ``[len(positions), 2]``: a key fixed by (seed, process) and the
-      position, for `tf.random.stateless_*`.
-
-    Example:
-      >>> example_seeds(0, 0, np.arange(2))[:, 1]
-      array([0, 1])
-    """
+    """One stateless seed (int64 [n, 2]) per stream position, for (seed, process)."""
     key = np.random.SeedSequence([seed, process_index]).generate_state(1, np.uint32)
     positions = np.asarray(positions, dtype=np.int64)
     return np.stack([np.full_like(positions, int(key[0])), positions], axis=-1)
