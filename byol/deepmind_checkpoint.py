@@ -387,9 +387,11 @@ def load_deepmind_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"DeepMind BYOL checkpoint {path} does not exist")
     raw = _unpickle(path)
     if not isinstance(raw, Mapping) or "experiment_state" not in raw:
-        keys = sorted(k for k in raw if isinstance(k, str)) if isinstance(
-            raw, Mapping
-        ) else None  # fmt: skip
+        keys = (
+            sorted(k for k in raw if isinstance(k, str))
+            if isinstance(raw, Mapping)
+            else None
+        )
         got = f"a dict with keys {keys}" if keys is not None else type(raw).__name__
         raise CheckpointFormatError(
             f"{path} is not a DeepMind BYOL checkpoint: expected a dict with "

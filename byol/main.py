@@ -87,19 +87,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """Parses flags as absl does, but a bad flag or config file ends in one line.
+    """Parses flags as absl does; a bad flag or config file ends in one line (exit 2).
 
-    Prints `error: ...` to stderr and exits with status 2, as `main` does for
-    a bad config value; `--traceback` re-raises instead.
-
-    Args:
-        argv: the command line, program name first.
-
-    Returns:
-        The arguments that are not flags (as `flags.FLAGS(argv)`).
-
-    Example:
-        >>> app.run(main, flags_parser=parse_flags)  # doctest: +SKIP
+    ``--traceback`` re-raises instead.
     """
     try:
         remaining = flags.FLAGS(argv)

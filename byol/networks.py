@@ -174,9 +174,12 @@ class ResNet(hk.Module):
         self.small_image = small_image
         stem_kernel, stem_stride = (3, 1) if small_image else (7, 2)
         self.initial_conv = _conv(
-            norm, stem_channels * width_multiplier, stem_kernel, stem_stride,
+            norm,
+            stem_channels * width_multiplier,
+            stem_kernel,
+            stem_stride,
             "initial_conv",
-        )  # fmt: skip
+        )
         self.initial_norm = make_norm(norm, "initial_batchnorm")
         self.block_groups = [
             BlockGroup(

@@ -109,18 +109,11 @@ def plot_runs(
     title: str,
     probe_baselines: Mapping[str, float] | None = None,
 ) -> None:
-    """Saves one PNG comparing runs: loss, collapse indicator, probe accuracy.
+    """Saves one PNG comparing runs: loss, collapse indicator, probe accuracy by step.
 
-    Args:
-        histories: run name -> rows of `MetricsLog.history` (``step`` plus
-            scalars); a run with an empty name gets no legend entry.
-        path: the PNG to write.
-        title: the figure's title.
-        probe_baselines: name -> probe top-1 (a fraction) drawn as horizontal
-            lines on the probe panel (e.g. random init, raw pixels).
-
-    Example:
-        >>> plot_runs({"gn_ws": h1, "bn": h2}, "demo.png", "BYOL")  # doctest: +SKIP
+    ``histories`` maps a run's name (empty: no legend) to `MetricsLog.history`
+    rows; ``probe_baselines`` (name -> top-1 fraction) are drawn as horizontal
+    lines on the probe panel.
     """
     import matplotlib  # noqa: PLC0415
 

@@ -60,9 +60,17 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         finally:
             checkpointer.close()
         return _write_results(
-            config, experiment, info, workdir, metrics, state, scalars, seconds,
-            images_per_second, run.guard.skipped,
-        )  # fmt: skip
+            config,
+            experiment,
+            info,
+            workdir,
+            metrics,
+            state,
+            scalars,
+            seconds,
+            images_per_second,
+            run.guard.skipped,
+        )
     finally:
         if metrics is not None:
             metrics.close()
@@ -216,9 +224,17 @@ def _probe(config, experiment, info, state) -> probe.ProbeResult:
 
 
 def _write_results(
-    config, experiment, info, workdir, metrics, state, scalars, seconds,
-    images_per_second, skipped,
-) -> dict[str, Any]:  # fmt: skip
+    config,
+    experiment,
+    info,
+    workdir,
+    metrics,
+    state,
+    scalars,
+    seconds,
+    images_per_second,
+    skipped,
+) -> dict[str, Any]:
     """The final probe; results.json and training.png (process 0)."""
     result = _probe(config, experiment, info, state)
     metrics.write(config.training.max_steps, {"probe_top1": result.top1})

@@ -1,4 +1,4 @@
-"""Moving host batches onto the local devices ahead of a pmapped step (JAX only)."""
+"""Host batches onto the local devices, ahead of the pmapped step (JAX only)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,10 @@ _AXIS = "devices"
 
 
 def device_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding:
-    """Returns the sharding that splits a leading axis over `devices`.
+    """The sharding that splits a leading axis over `devices` (default: the local ones).
 
-    It is equivalent to the input sharding `jax.pmap` expects over the same
-    devices, so pmap takes arrays placed with it without copying them.
-
-    Args:
-      devices: the devices, in pmap's order (default `jax.local_devices()`).
-
-    Returns:
-      A `NamedSharding` over a 1-D mesh, leading axis sharded.
-
-    Example:
-      >>> sharding = device_sharding()
-      >>> x = jax.device_put(np.zeros((jax.local_device_count(), 4)), sharding)
+    It is the input sharding `jax.pmap` expects over the same devices, so pmap
+    takes arrays placed with it without copying them (and can donate them).
     """
     devices = list(devices) if devices is not None else jax.local_devices()
     return NamedSharding(Mesh(np.array(devices), (_AXIS,)), PartitionSpec(_AXIS))
@@ -40,26 +30,8 @@ def prefetch_to_device(
 ) -> Iterator:
     """Puts batches on the devices `size` steps before they are consumed.
 
-    Each leaf of each batch is a numpy array whose leading axis is the device
-    axis (length ``len(devices)``); it becomes a `jax.Array` with one slice per
-    device. Transfers are asynchronous, so up to `size` batches are in flight
-    while the current step runs.
-
-    Args:
-      iterator: yields pytrees of numpy arrays with leading device axis.
-      size: batches to keep in flight (>= 1).
-      devices: target devices (default `jax.local_devices()`).
-
-    Yields:
-      The same pytrees, with `jax.Array` leaves sharded over `devices`.
-
-    Raises:
-      ValueError: if `size` < 1.
-
-    Example:
-      >>> batches = prefetch_to_device(load('fashion_mnist', 'train',
-      ...     is_training=True, batch_dims=[jax.local_device_count(), 64]))
-      >>> state, scalars = pmapped_update(state, next(batches))  # doctest: +SKIP
+    Each leaf's leading axis is the device axis; the transfers are
+    asynchronous, so up to `size` batches are in flight while a step runs.
     """
     if size < 1:
         raise ValueError(f"size {size} must be >= 1")

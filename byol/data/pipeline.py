@@ -170,23 +170,9 @@ def load(
     start, end = sampling.shard_bounds(
         source.num_examples, process_index, process_count
     )
-    if is_training:
-        order = sampling.TrainOrder(end - start, batch, seed, process_index)
-        stop = None
-
-        def plan(step):
-            positions = order.positions(step)
-            seeds = sampling.example_seeds(seed, process_index, positions)
-            return start + order.indices(step), None, seeds
-
-    else:
-        stop = sampling.eval_num_batches(source.num_examples, process_count, batch)
-        pad_index = start if end > start else 0  # any valid example; masked
-
-        def plan(step):
-            local, mask = sampling.eval_indices(end - start, batch, step)
-            return np.where(mask, start + local, pad_index), mask, None
-
+    plan, stop = _plan(
+        source, start, end, batch, is_training, seed, process_index, process_count
+    )
     if source.fixed_size:
         batches = _array_batches(source, start, end, plan, start_step, stop)
     else:
@@ -204,6 +190,31 @@ def load(
     return (
         {k: v.reshape(batch_dims + v.shape[1:]) for k, v in b.items()} for b in batches
     )
+
+
+def _plan(source, start, end, batch, is_training, seed, process_index, process_count):
+    """``plan(step) -> (indices, mask or None, crop seeds or None)`` and the stop step.
+
+    Training is endless and shuffled; evaluation is one pass in order, padded
+    to the same number of batches on every process.
+    """
+    if is_training:
+        order = sampling.TrainOrder(end - start, batch, seed, process_index)
+
+        def plan(step):
+            positions = order.positions(step)
+            seeds = sampling.example_seeds(seed, process_index, positions)
+            return start + order.indices(step), None, seeds
+
+        return plan, None
+    stop = sampling.eval_num_batches(source.num_examples, process_count, batch)
+    pad_index = start if end > start else 0  # any valid example; masked
+
+    def plan(step):
+        local, mask = sampling.eval_indices(end - start, batch, step)
+        return np.where(mask, start + local, pad_index), mask, None
+
+    return plan, stop
 
 
 def _array_batches(source, start, end, plan, start_step, stop):
@@ -265,9 +276,18 @@ def _jpeg_batches(source, plan, start_step, stop, **options):
 
 
 def _jpeg_stream(
-    source, plan, first_step, stop, undecodable, *, batch, image_size, views,
-    num_threads, skip_bad_images,
-):  # fmt: skip
+    source,
+    plan,
+    first_step,
+    stop,
+    undecodable,
+    *,
+    batch,
+    image_size,
+    views,
+    num_threads,
+    skip_bad_images,
+):
     """The tf.data graph from `first_step`, as a numpy iterator."""
     import tensorflow as tf  # noqa: PLC0415
 

@@ -34,22 +34,7 @@ def _work_around_tfds_importlib_resources() -> None:
 
 
 def prepare_dataset(dataset: str, data_dir: str = catalog.DEFAULT_DATA_DIR) -> str:
-    """Downloads (where tfds can) and prepares a dataset for `load`.
-
-    Args:
-      dataset: a name of `catalog.SPECS` (tfds config/version suffix allowed).
-      data_dir: tfds data directory.
-
-    Returns:
-      The directory of the prepared dataset.
-
-    Raises:
-      ValueError: for an unknown name or an image folder (nothing to prepare).
-
-    Example:
-      >>> prepare_dataset('fashion_mnist', 'data')  # doctest: +SKIP
-      'data/fashion_mnist/3.0.1'
-    """
+    """Downloads (where tfds can) and prepares a dataset; returns its directory."""
     if dataset.startswith(catalog.IMAGE_FOLDER_PREFIX):
         raise ValueError("dataset image_folder:... needs no preparation")
     spec = catalog.spec(dataset)
@@ -79,17 +64,9 @@ def prepare_dataset(dataset: str, data_dir: str = catalog.DEFAULT_DATA_DIR) -> s
 def add_array_record_shards(builder) -> None:
     """Writes an ArrayRecord copy of each TFRecord shard next to it.
 
-    The records are copied byte for byte, shard by shard (same names and
-    lengths, suffix ``array_record``), and the format is added to the
-    dataset's ``alternative_file_formats``. tfds's own converter (`tfds
-    convert_format`) does the same but needs Apache Beam. Doubles the
-    dataset's disk use (ImageNet: about 150 GB more).
-
-    Args:
-      builder: a prepared tfds builder stored as TFRecord.
-
-    Example:
-      >>> add_array_record_shards(tfds.builder('imagenet2012'))  # doctest: +SKIP
+    The records are copied byte for byte, shard by shard, and the format is
+    added to the dataset's ``alternative_file_formats`` (tfds's own
+    ``convert_format`` needs Apache Beam). Doubles the dataset's disk use.
     """
     import tensorflow as tf
     import tensorflow_datasets as tfds
