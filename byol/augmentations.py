@@ -76,7 +76,7 @@ class AugmentationConfig:
     crop_area_range: tuple[float, float] = (0.08, 1.0)
     crop_aspect_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     crop_max_attempts: int = 10
-    crop_rule: str = "torchvision"
+    crop_rule: str = "reference"
     resize_method: str = "cubic"
     antialias: bool = False
     flip_prob: float = 0.5
@@ -202,7 +202,7 @@ def _crop_box_from_uniforms(
     width: int,
     area_range: tuple[float, float],
     aspect_range: tuple[float, float],
-    rule: str = "torchvision",
+    rule: str = "reference",
 ) -> jax.Array:
     """`sample_crop_box` given ``2 * attempts + 2`` uniforms in [0, 1)."""
     attempts = (u.shape[0] - 2) // 2
@@ -245,7 +245,7 @@ def sample_crop_box(
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     max_attempts: int = 10,
-    rule: str = "torchvision",
+    rule: str = "reference",
 ) -> jax.Array:
     """One random-resized-crop box (top, left, height, width), int32, in the image.
 

@@ -82,9 +82,12 @@ class PretrainExperiment:
         self.optimizer = optimizers.lars(
             self.lr_schedule, weight_decay=training.weight_decay
         )
-        crop_area = (config.data.min_crop_area, 1.0)
+        crop = dict(
+            crop_area_range=(config.data.min_crop_area, 1.0),
+            crop_rule=config.data.crop_rule,
+        )
         self.view_configs = tuple(
-            dataclasses.replace(view, crop_area_range=crop_area)
+            dataclasses.replace(view, **crop)
             for view in (augmentations.VIEW1, augmentations.VIEW2)
         )
         self._base_key = jax.random.key(config.seed)
@@ -159,12 +162,16 @@ class PretrainExperiment:
         )
 
     @functools.partial(jax.jit, static_argnums=0)
-    def embed(self, params: hk.Params, state: hk.State, images: jax.Array):
-        """Frozen-encoder features of uint8 images (inference mode, no crop)."""
+    def represent(self, params: hk.Params, state: hk.State, images: jax.Array):
+        """Embedding and projection of uint8 images (inference mode, no crop)."""
         out, _ = self._apply(
             params, state, augmentations.normalize(images), is_training=False
         )
-        return out["embedding"]
+        return {"embedding": out["embedding"], "projection": out["projection"]}
+
+    def embed(self, params: hk.Params, state: hk.State, images: jax.Array):
+        """Frozen-encoder features of uint8 images (inference mode, no crop)."""
+        return self.represent(params, state, images)["embedding"]
 
 
 class ByolExperiment(PretrainExperiment):

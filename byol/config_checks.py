@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from byol import networks, normalization, precision
+from byol import augmentations, networks, normalization, precision
 from byol.data import catalog  # pure Python: no TensorFlow
 
 MODES = ("pretrain", "linear_eval")
@@ -117,6 +117,7 @@ FIELDS: dict[str, Field] = {
     "data.num_threads": _integer(0, " (0: one per core but one)"),
     "data.min_crop_area": _interval(0, 1, low_open=True),
     "data.skip_corrupt_images": BOOLEAN,
+    "data.crop_rule": _name(augmentations.CROP_RULES),
     "model.encoder": _name(networks.DEPTHS),
     "model.width_multiplier": POSITIVE,
     "model.small_image": BOOLEAN,
@@ -148,6 +149,8 @@ FIELDS: dict[str, Field] = {
     "training.skip_nonfinite_updates": BOOLEAN,
     "evaluation.probe_every_steps": NON_NEGATIVE,
     "evaluation.probe_max_train_examples": POSITIVE,
+    "evaluation.final_evaluation": BOOLEAN,
+    "evaluation.evaluate_at_start": BOOLEAN,
     "evaluation.pretrain_workdir": TEXT,
     "evaluation.deepmind_checkpoint": TEXT,
     "evaluation.protocol": _name(PROTOCOLS),

@@ -5,7 +5,8 @@
 online network of a DeepMind BYOL ``.pkl`` (`evaluation.deepmind_checkpoint`),
 and scores its embedding with `evaluation.protocol`:
 
-* ``probe``: the fast probe (`byol.probe`), minutes on a CPU;
+* ``probe``: the fast suite (`byol.probe.evaluate`: linear probe, 1%- and
+  10%-label probes, kNN, effective ranks), minutes on a CPU;
 * ``reference``: the BYOL paper's protocol (recipe.md §5): a linear
   classifier on the frozen encoder (BN in inference mode), random resized
   crop + flip of ``train_minus_val``, SGD with Nesterov momentum 0.9, no
@@ -87,6 +88,10 @@ class PretrainedEncoder(NamedTuple):
     def embed(self, images) -> jax.Array:
         """Frozen features of uint8 images [N, H, W, C] (inference mode)."""
         return self.experiment.embed(self.params, self.state, images)
+
+    def represent(self, images) -> dict[str, jax.Array]:
+        """Embedding and projection of uint8 images (inference mode)."""
+        return self.experiment.represent(self.params, self.state, images)
 
 
 def pretrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -416,14 +421,15 @@ def reference_protocol(config, encoder: PretrainedEncoder) -> dict[str, Any]:
 
 
 def probe_protocol(config, encoder: PretrainedEncoder) -> dict[str, Any]:
-    """The fast probe (`byol.probe`) of the restored encoder."""
-    result = probe.run_probe(
-        encoder.config,
-        encoder.embed,
-        encoder.info.num_classes,
-        config.evaluation.probe_max_train_examples,
+    """The fast suite (`byol.probe.evaluate`): linear, few-label, kNN, ranks.
+
+    The linear probe's figures are at the top level, as the reference's.
+    """
+    feats = probe.probe_features(
+        encoder.config, encoder.represent, config.evaluation.probe_max_train_examples
     )
-    return {key: float(value) for key, value in result._asdict().items()}
+    suite = probe.evaluate(feats, encoder.info.num_classes, config.seed)
+    return {**suite["linear"], **{k: v for k, v in suite.items() if k != "linear"}}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -46,3 +46,57 @@ def collapse_indicator(projection: jax.Array) -> jax.Array:
     """
     z = losses.l2_normalize(projection)
     return jnp.mean(jnp.std(z, axis=0)) * jnp.sqrt(z.shape[-1])
+
+
+def knn_classify(
+    bank: jax.Array,
+    bank_labels: jax.Array,
+    queries: jax.Array,
+    k: int,
+    num_classes: int,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> jax.Array:
+    """Weighted kNN labels of `queries` (InstDisc, as solo-learn and lightly vote).
+
+    Cosine similarity to every bank row; the `k` most similar vote for their
+    labels with weight ``exp(similarity / temperature)``; the heaviest class
+    wins. Queries go `chunk` at a time (a [chunk, N] similarity matrix).
+
+    Args:
+        bank: features [N, D]; bank_labels: [N] in [0, num_classes).
+        queries: features [M, D].
+
+    Returns:
+        int32 [M] predicted labels.
+    """
+    bank = losses.l2_normalize(jnp.asarray(bank, jnp.float32))
+    bank_labels = jnp.asarray(bank_labels)
+    k = min(k, bank.shape[0])
+
+    @jax.jit
+    def classify(q):
+        similarity = losses.l2_normalize(q) @ bank.T
+        top, index = jax.lax.top_k(similarity, k)
+        votes = jax.nn.one_hot(bank_labels[index], num_classes)
+        weights = jnp.exp(top / temperature)[..., None]
+        return jnp.argmax(jnp.sum(votes * weights, axis=1), axis=-1)
+
+    queries = jnp.asarray(queries, jnp.float32)
+    return jnp.concatenate(
+        [classify(queries[i : i + chunk]) for i in range(0, len(queries), chunk)]
+    ).astype(jnp.int32)
+
+
+def effective_rank(features: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """RankMe (Garrido et al., 2023): exp of the entropy of normalised singular values.
+
+    ``p = σ / ||σ||_1 + eps``; ``exp(-Σ p log p)`` is between 1 (every row on
+    one line: collapse) and min(N, D) (all directions used equally).
+
+    >>> round(float(effective_rank(jnp.eye(4))), 3)
+    4.0
+    """
+    singular = jnp.linalg.svd(jnp.asarray(features, jnp.float32), compute_uv=False)
+    p = singular / jnp.sum(singular) + eps
+    return jnp.exp(-jnp.sum(p * jnp.log(p)))

@@ -70,7 +70,8 @@ def make_forward(
         predictor = networks.MLP(
             *predictor_sizes, norm=norms.predictor, name="predictor"
         )
-        classifier = hk.Linear(num_classes, name="classifier")
+        # An unlabelled dataset (every label -1) trains none of its one output.
+        classifier = hk.Linear(max(num_classes, 1), name="classifier")
         embedding = encoder(images, is_training)
         projection = projector(embedding, is_training)
         outputs = dict(

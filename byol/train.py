@@ -5,6 +5,10 @@ so a killed run restarted with the same command continues exactly where it
 stopped; a corrupt newest checkpoint is set aside and the one before used.
 Every step is checked for a non-finite loss, gradient or parameter norm: the
 run stops there, or skips the update (`training.skip_nonfinite_updates`).
+Every `evaluation.probe_every_steps` it logs the probe monitor (linear probe,
+kNN, effective ranks: `byol.probe.monitor`); at the end (and, with
+`evaluation.evaluate_at_start`, before step 1) the full suite
+(`byol.probe.evaluate`).
 """
 
 from __future__ import annotations
@@ -26,13 +30,24 @@ from byol.data import device, pipeline
 
 METHOD_NAMES = {"byol": "BYOL", "simclr": "SimCLR"}  # as titles write them
 RESULTS_FILE = "results.json"
+START_FILE = "start_evaluation.json"  # the suite on the untrained network
+
+
+class _Job(NamedTuple):
+    """What every stage of a run reads."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    experiment: Any
+    info: Any  # the dataset's DatasetInfo
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Pre-trains as `config` says; returns (and writes) `<workdir>/results.json`.
 
     Raises:
-        ValueError: a bad config field, or a work directory of another run.
+        ValueError: a bad config field, a dataset the evaluations cannot use,
+            or a work directory of another run.
         FileNotFoundError: a missing dataset.
         FloatingPointError: a non-finite update (unless skipped), naming its
             step and the checkpoint kept.
@@ -40,57 +55,81 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     config_checks.check_pretrain_config(config)
     info = run_dirs.dataset_info(config)
+    _check_evaluations(config, info)
     os.makedirs(workdir, exist_ok=True)
     run_dirs.record_config(workdir, config)
-    experiment = run_dirs.make_experiment(config, info.num_classes)
+    job = _Job(
+        config, workdir, run_dirs.make_experiment(config, info.num_classes), info
+    )
     checkpointer = checkpointing.Checkpointer(
         workdir, config.training.max_checkpoints_to_keep
     )
     metrics = None
     try:
         try:
-            finished = _finished_results(config, workdir, checkpointer)
+            finished = _finished_results(job, checkpointer)
             if finished is not None:
                 return finished
-            run = _restore_or_init(config, experiment, info, checkpointer)
+            run = _restore_or_init(job, checkpointer)
             metrics = reporting.MetricsLog(workdir, run.start_step)
+            start = _start_evaluation(job, run, metrics)
             state, scalars, seconds, images_per_second = _train(
-                config, experiment, info, checkpointer, run, metrics
+                job, checkpointer, run, metrics
             )
         finally:
             checkpointer.close()
-        return _write_results(
-            config,
-            experiment,
-            info,
-            workdir,
-            metrics,
-            state,
-            scalars,
-            seconds,
-            images_per_second,
-            run.guard.skipped,
+        summary = dict(
+            train_seconds_this_run=seconds,
+            images_per_second=images_per_second,
+            final_scalars=scalars,
+            skipped_updates=run.guard.skipped,
         )
+        return _write_results(job, metrics, state, summary, start)
     finally:
         if metrics is not None:
             metrics.close()
 
 
-def _finished_results(config, workdir, checkpointer) -> dict | None:
+def _check_evaluations(config, info) -> None:
+    """Before step 1: the evaluations asked for have the splits they need."""
+    evaluation = config.evaluation
+    if not (evaluation.final_evaluation or evaluation.probe_every_steps):
+        return
+    off = "or set evaluation.final_evaluation=False and evaluation.probe_every_steps=0"
+    if info.num_classes == 0:
+        raise ValueError(
+            f"data.dataset {config.data.dataset} has no labels, so it cannot be "
+            f"probed; give it class folders, {off}"
+        )
+    for split in ("val", "test", "train_minus_val"):
+        if not info.num_examples[split]:
+            raise ValueError(
+                f"data.dataset {config.data.dataset} has no {split} examples "
+                f"(data.val_size {config.data.val_size}), which the probe needs; "
+                + (
+                    "put test images in a test/ folder, "
+                    if split == "test"
+                    else "set data.val_size > 0, "
+                )
+                + off
+            )
+
+
+def _finished_results(job: _Job, checkpointer) -> dict | None:
     """A finished run's results.json (nothing to train), or None."""
     latest = checkpointer.latest_step() or 0
-    max_steps = config.training.max_steps
+    max_steps = job.config.training.max_steps
     if latest > max_steps:
         raise ValueError(
             f"training.max_steps {max_steps} is below step {latest} of the "
-            f"newest checkpoint in {workdir}; use a new --workdir"
+            f"newest checkpoint in {job.workdir}; use a new --workdir"
         )
-    path = os.path.join(workdir, RESULTS_FILE)
+    path = os.path.join(job.workdir, RESULTS_FILE)
     if latest != max_steps or not os.path.exists(path):
         return None
     # Re-saving the last step would fail: orbax refuses to overwrite.
     if jax.process_index() == 0:
-        print(f"{workdir} holds a finished run; returning its {RESULTS_FILE}")
+        print(f"{job.workdir} holds a finished run; returning its {RESULTS_FILE}")
     with open(path) as f:
         return json.load(f)
 
@@ -100,14 +139,16 @@ class _Run(NamedTuple):
     start_step: int
     batches: Any  # device batches from `start_step`
     guard: NonFiniteGuard
-    last_saved: int | None
 
 
-def _restore_or_init(config, experiment, info, checkpointer) -> _Run:
-    """The state to start from (the newest readable checkpoint, or fresh)."""
+def _restore_or_init(job: _Job, checkpointer) -> _Run:
+    """The state to start from: the newest readable checkpoint, or a fresh one."""
+    config = job.config
     # Restored before the data stream starts: a corrupt newest checkpoint
     # makes the run resume from an older step.
-    like = run_dirs.abstract_train_state(experiment, info, config.data.image_size)
+    like = run_dirs.abstract_train_state(
+        job.experiment, job.info, config.data.image_size
+    )
     restored = checkpointer.restore_latest(like)
     start_step = restored.step if restored else 0
     batches = device.prefetch_to_device(_train_batches(config, start_step), size=2)
@@ -117,14 +158,14 @@ def _restore_or_init(config, experiment, info, checkpointer) -> _Run:
         if jax.process_index() == 0:
             print(f"Resumed from step {start_step} in {checkpointer.directory}")
     else:
-        state = experiment.init(jax.random.key(config.seed), first)
+        state = job.experiment.init(jax.random.key(config.seed), first)
     guard = NonFiniteGuard(
         skip=config.training.skip_nonfinite_updates,
         skipped=restored.metadata.get("skipped_updates", 0) if restored else 0,
         checkpoints=checkpointer.directory,
         last_saved=start_step if restored else None,
     )
-    return _Run(state, start_step, _prepend(first, batches), guard, guard.last_saved)
+    return _Run(state, start_step, _prepend(first, batches), guard)
 
 
 def _prepend(first, rest):
@@ -147,24 +188,48 @@ def _train_batches(config, start_step: int):
         start_step=start_step,
         num_threads=config.data.num_threads,
         skip_bad_images=config.data.skip_corrupt_images,
+        min_crop_area=config.data.min_crop_area,
     )
 
 
-def _embed_fn(experiment, state):
-    """`embed` with the current online network (this process's first replica)."""
+def _features(job: _Job, state):
+    """Frozen embedding and projection of the probe's splits (current network)."""
     params, net_state = parallel.local_replica(
         (state.online_params, state.online_state)
     )
-    return lambda images: experiment.embed(params, net_state, images)
+    represent = lambda images: job.experiment.represent(params, net_state, images)  # noqa: E731
+    return probe.probe_features(
+        job.config, represent, job.config.evaluation.probe_max_train_examples
+    )
 
 
-def _train(config, experiment, info, checkpointer, run: _Run, metrics):
+def _start_evaluation(job: _Job, run: _Run, metrics) -> dict | None:
+    """The suite on the untrained network (`evaluation.evaluate_at_start`), kept."""
+    if not job.config.evaluation.evaluate_at_start:
+        return None
+    path = os.path.join(job.workdir, START_FILE)
+    if os.path.exists(path):  # a resumed run: computed before its first step
+        with open(path) as f:
+            return json.load(f)
+    if run.start_step:
+        return None  # a run resumed from before the option was set
+    feats = _features(job, run.state)
+    start = probe.evaluate(feats, job.info.num_classes, job.config.seed)
+    metrics.write(0, probe.monitor(feats, job.info.num_classes))
+    if jax.process_index() == 0:
+        _write_json(path, start)
+        print(f"  at step 0: {_summary_line(start)}")
+    return start
+
+
+def _train(job: _Job, checkpointer, run: _Run, metrics):
     """Steps from `run.start_step` to the end; logs, probes and saves on the way.
 
     Returns the final state, the last logged scalars, the seconds trained and
     the last measured images/s.
     """
-    training, guard, state = config.training, run.guard, run.state
+    config, training = job.config, job.config.training
+    guard, state = run.guard, run.state
     progress = reporting.Progress(
         training.max_steps, run.start_step, training.batch_size
     )
@@ -172,7 +237,7 @@ def _train(config, experiment, info, checkpointer, run: _Run, metrics):
     try:
         steps = range(run.start_step, training.max_steps)
         for step, batch in zip(steps, run.batches, strict=False):
-            state, device_scalars = experiment.update(state, step, batch)
+            state, device_scalars = job.experiment.update(state, step, batch)
             done = step + 1
             guard.push(done, device_scalars)
             last = done == training.max_steps
@@ -190,10 +255,10 @@ def _train(config, experiment, info, checkpointer, run: _Run, metrics):
                 progress.update(done, scalars)
                 metrics.write(done, scalars)
             if probe_now:
-                result = _probe(config, experiment, info, state)
-                metrics.write(done, {"probe_top1": result.top1})
+                monitored = probe.monitor(_features(job, state), job.info.num_classes)
+                metrics.write(done, monitored)
                 if jax.process_index() == 0:
-                    print(f"  probe at step {done}: top-1 {100 * result.top1:.1f}%")
+                    print(f"  probe at step {done}: {_monitor_line(monitored)}")
             if save_now:
                 metadata = {
                     "seed": config.seed,
@@ -214,50 +279,66 @@ def _train(config, experiment, info, checkpointer, run: _Run, metrics):
     return state, scalars, time.perf_counter() - started, progress.images_per_second
 
 
-def _probe(config, experiment, info, state) -> probe.ProbeResult:
-    return probe.run_probe(
-        config,
-        _embed_fn(experiment, state),
-        info.num_classes,
-        config.evaluation.probe_max_train_examples,
+def _monitor_line(scalars: dict[str, float]) -> str:
+    parts = [f"linear top-1 {100 * scalars['probe_top1']:.1f}%"]
+    parts += [
+        f"kNN-{k} {100 * scalars[f'knn{k}_top1']:.1f}%"
+        for k in probe.KNN_K
+        if f"knn{k}_top1" in scalars
+    ]
+    parts += [
+        f"rank {name} {scalars[f'rank_{name}']:.1f}"
+        for name in ("embedding", "projection")
+        if f"rank_{name}" in scalars
+    ]
+    return ", ".join(parts)
+
+
+def _summary_line(suite: dict) -> str:
+    few = ", ".join(
+        f"{name}-label {100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f}%"
+        for name, r in suite["few_label"].items()
+    )
+    return (
+        f"linear top-1 {100 * suite['linear']['top1']:.1f}%, kNN "
+        f"{100 * suite['knn']['best_top1']:.1f}% (k {suite['knn']['k']}), {few}, "
+        f"rank {suite['rank']['embedding']:.1f}"
     )
 
 
-def _write_results(
-    config,
-    experiment,
-    info,
-    workdir,
-    metrics,
-    state,
-    scalars,
-    seconds,
-    images_per_second,
-    skipped,
-) -> dict[str, Any]:
-    """The final probe; results.json and training.png (process 0)."""
-    result = _probe(config, experiment, info, state)
-    metrics.write(config.training.max_steps, {"probe_top1": result.top1})
-    results = {
-        "mode": "pretrain",
-        "steps": config.training.max_steps,
-        "train_seconds_this_run": seconds,
-        "images_per_second": images_per_second,
-        "final_scalars": scalars,
-        "skipped_updates": skipped,
-        "probe": result._asdict(),
-        "config": config.to_dict(),
-    }
+def _write_results(job: _Job, metrics, state, summary, start) -> dict[str, Any]:
+    """The final suite; results.json and training.png (process 0)."""
+    config = job.config
+    results = {"mode": "pretrain", "steps": config.training.max_steps, **summary}
+    if config.evaluation.final_evaluation:
+        feats = _features(job, state)
+        suite = probe.evaluate(feats, job.info.num_classes, config.seed)
+        monitored = probe.monitor(feats, job.info.num_classes, suite["linear"])
+        metrics.write(config.training.max_steps, monitored)
+        results.update(probe=suite["linear"], evaluation=suite)
+    if start is not None:
+        results["start_evaluation"] = start
+    results["config"] = config.to_dict()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
-            json.dump(results, f, indent=2)
+        _write_json(os.path.join(job.workdir, RESULTS_FILE), results)
         reporting.plot_training(
             metrics.history,
-            os.path.join(workdir, "training.png"),
+            os.path.join(job.workdir, "training.png"),
             f"{METHOD_NAMES[config.method]} {config.model.norm} on "
             f"{config.data.dataset}",
         )
+        final = _summary_line(results["evaluation"]) if "evaluation" in results else ""
+        print(
+            f"Pre-trained {config.training.max_steps} steps in {job.workdir}"
+            + (f": {final}" if final else "")
+        )
     return results
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 class NonFiniteGuard:

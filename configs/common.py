@@ -27,6 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.num_threads = 2
     # Smallest random-resized-crop area, as a fraction of the image (recipe: 0.08).
     config.data.min_crop_area = 0.08
+    # A box that does not fit the image: clamped as the reference does
+    # (`reference`), or drawn again as torchvision does (`torchvision`).
+    config.data.crop_rule = "reference"
     # Image folders: skip files that are not readable images (with a warning
     # naming each) instead of stopping with an error naming the first.
     config.data.skip_corrupt_images = False
@@ -82,9 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.skip_nonfinite_updates = False
 
     config.evaluation = ml_collections.ConfigDict()
-    # Fast linear probe on frozen features during pre-training (0 = only at end).
+    # The probe monitor during pre-training (linear probe, kNN, effective ranks;
+    # byol.probe.monitor) every this many steps (0: never).
     config.evaluation.probe_every_steps = 0
     config.evaluation.probe_max_train_examples = 60000
+    # The full suite (linear, few-label and kNN probes, ranks) after the last
+    # step, and on the untrained network before the first.
+    config.evaluation.final_evaluation = True
+    config.evaluation.evaluate_at_start = False
     # Linear evaluation (mode linear_eval, byol/linear_eval.py) of the newest
     # checkpoint in this pre-training work directory.
     config.evaluation.pretrain_workdir = ""

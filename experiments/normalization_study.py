@@ -1,82 +1,65 @@
 r"""Reproduces "BYOL works even without batch statistics" (Richemond et al. 2020).
 
-One command trains and evaluates every variant under the same budget and
-seeds, then writes a table beside the paper's numbers and a figure:
+Every run pre-trains one variant (a normalisation per network component) with
+one recipe and seed, evaluates it before its first step and after its last
+(linear probe, 1%- and 10%-label probes, kNN, effective ranks:
+`byol.probe.evaluate`), and leaves a small result file in the tracked folder
+`results/norm_study/runs/` (metrics at every probe, final numbers, the exact
+config, the code version, where it ran; no checkpoints). The table and
+figures are rebuilt from those files alone:
 
-    .venv/bin/python -m experiments.normalization_study \
-        --scale=small --out=results/norm_study [--variants=byol_bn,byol_gn_ws] \
-        [--seeds=0,1] [--max_steps=N]
-
-    # ImageNet / ResNet-50 (TPU or GPU pod; ImageNet prepared under --data_dir):
+    .venv/bin/python -m experiments.normalization_study --plan=pilot
+    .venv/bin/python -m experiments.normalization_study --plan=main --epochs=10
+    .venv/bin/python -m experiments.normalization_study --table_only
+    # a subset, e.g. on a GPU machine for a few minutes:
+    .venv/bin/python -m experiments.normalization_study --variants=byol_bn \
+        --recipes=paper --seeds=1 --epochs=10
+    # ImageNet / ResNet-50 (TPU or GPU pod): validate the configs
     python -m experiments.normalization_study --scale=paper --dry_run
-    python -m experiments.normalization_study --scale=paper --out=results/paper
 
-The variants (`VARIANTS`, one entry each: name → config overrides):
+Finished runs (a result file of the same config) are skipped; interrupted ones
+resume from their checkpoints in `--workdirs`; each run trains in a process
+of its own. `make study` runs the main plan.
 
-* BYOL with BN or no normalisation in each of encoder, projector and
-  predictor: all 8 combinations of the report's Table 1 (`byol_bn` is
-  vanilla BYOL, `byol_none` has no normalisation at all);
-* `byol_bn_init`: no BN, from the BN-statistics initialisation (65.7%);
-* `byol_gn_ws` (GN + WS, 73.9% at 1000 epochs) and its parts: `byol_gn`
-  (GN, plain convs), `byol_ws` (WS convs, no normalisation),
-  `byol_gn_ws_ln_heads` (GN + WS encoder, LayerNorm in the heads);
-* `simclr_bn`, `simclr_none`: SimCLR (`byol/simclr_experiment.py`) with BN
-  everywhere and with no normalisation;
-* paper scale only: `byol_bn_1000ep`, `byol_gn_ws_1000ep`, the 1000-epoch
-  runs behind 74.3% and 73.9%.
+Recipes (`RECIPES`): ``paper`` (the primary one: the predictor at the same
+learning rate as the rest, the released code's LARS, τ and crop rule, the
+paper's GN group count) and ``pred10x`` (the same, predictor learning rate
+x10: Tian et al. 2021's trick against collapse without batch statistics).
 
-Every variant × seed is one `byol.train.pretrain` run in its own work
-directory `<out>/runs/<variant>_seed<k>/` (checkpoints, `metrics.jsonl`,
-`results.json` with the final linear probe on the test split). The study
-writes `<out>/runs/<variant>_seed<k>.json` per run, `<out>/table.md` and
-`<out>/table.csv` (probe top-1 mean ± standard deviation over seeds, beside
-the paper's ImageNet number for the row, "—" where the paper gives none) and
-`<out>/study.png` (probe top-1 per variant with each seed; the collapse
-indicator over training per variant). Re-running skips every run whose JSON
-holds the same config, resumes interrupted ones from their checkpoints, and
-refuses a run directory left by another config (say, another --max_steps).
-
-Scales:
-
-* `small`: Fashion-MNIST on the CPU: `TinyResNet` width 1 (channels 8-64,
-  64-d embedding, GN with 8 groups), heads 512 → 128, batch 256, 200 steps
-  (warm-up 20, ~0.85 epoch), the demo's optimiser (LARS, base lr 2.0, wd
-  1e-5, τ_base 0.996, predictor lr ×10, min crop area 0.3), SimCLR's
-  temperature 0.1; no intermediate probe; one probe at the end (L-BFGS on
-  20,000 train features, L2 chosen on 10,000 held out, reported on the
-  10,000 test images). Why: the 15 small-scale variants × 2 seeds must fit
-  in ~90 minutes on a 2-core CPU, i.e. ~3 minutes per run; width 1 trains
-  at about twice the speed of the demo's width 2, and ~15 s of compilation
-  plus ~20 s of probe are paid per run. One run measured: see the README.
-* `paper`: ImageNet, ResNet-50 1x, batch 4096, 300 epochs (1000 for the
-  `_1000ep` variants) with the released code's presets (configs/byol.py);
-  SimCLR uses the same LARS schedule (base lr 0.3 × batch / 256 at 300
-  epochs, which is SimCLR's own) and temperature 0.1. `--dry_run` builds and
-  validates every config and prints one line each; nothing is trained.
+Small scale: Fashion-MNIST on a CPU; TinyResNet width 2 (channels 16-128,
+GN with 16 groups in encoder and heads), heads 512 → 128, batch 256, LARS
+base lr 2.0 and wd 1e-6 (DeepMind's small-scale setting), τ_base 0.99, warm-up
+10% of the steps, crop area U[0.08, 1] with the reference's clamp rule,
+SimCLR temperature 0.1.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
+import hashlib
 import json
 import math
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
 
 SCALES = ("small", "paper")
-SMALL_STEPS = 200
-SMALL_WARMUP_STEPS = 20
+FASHION_MNIST_TRAIN = 60_000
+SMALL_BATCH = 256
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Every field a variant may set, at its default: a variant's overrides are
-# applied on top, so no normalisation choice leaks from the base config.
+# Every field a variant may set, at its default: a variant's overrides go on
+# top, so no normalisation choice leaks from the base config.
 _VARIANT_DEFAULTS: dict[str, Any] = {
     "method": "byol",
     "model.norm": "bn",
@@ -91,27 +74,18 @@ _VARIANT_DEFAULTS: dict[str, Any] = {
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One row of the study.
-
-    Attributes:
-        description: what is trained, in words.
-        overrides: dotted config field → value (on top of `_VARIANT_DEFAULTS`).
-        paper_top1: the paper's ImageNet linear top-1 (%) for this row, or None.
-        paper_setting: where that number comes from (source, epochs).
-        epochs: pre-training epochs at the paper scale.
-        scales: the scales the variant belongs to.
-    """
+    """One row of the study: what is normalised how, and the paper's number."""
 
     description: str
     overrides: Mapping[str, Any]
     paper_top1: float | None = None
     paper_setting: str = ""
-    epochs: int = 300
+    epochs: int = 300  # at the paper scale
     scales: tuple[str, ...] = SCALES
 
 
 def _bn_in(encoder: bool, projector: bool, predictor: bool) -> dict[str, Any]:
-    """Overrides for BN in the listed components and nothing in the others."""
+    """BN in the listed components, nothing in the others."""
     return {
         "model.norm": "bn",
         "model.encoder_norm": "" if encoder else "none",
@@ -124,69 +98,53 @@ _REPORT = "GN+WS report"
 VARIANTS: dict[str, Variant] = {
     # Table 1 of the report: BN or nothing in encoder / projector / predictor.
     "byol_bn": Variant(
-        "BYOL, BN in encoder, projector and predictor (vanilla)",
+        "BYOL, BN everywhere (vanilla)",
         _bn_in(True, True, True),
         72.5,
         "BYOL paper, 300 ep. (74.3 at 1000 ep.)",
     ),
-    "byol_bn_enc_proj": Variant(
-        "BYOL, BN in encoder and projector", _bn_in(True, True, False)
-    ),
-    "byol_bn_enc_pred": Variant(
-        "BYOL, BN in encoder and predictor", _bn_in(True, False, True)
-    ),
+    "byol_bn_enc_proj": Variant("BN in encoder and projector", _bn_in(1, 1, 0)),
+    "byol_bn_enc_pred": Variant("BN in encoder and predictor", _bn_in(1, 0, 1)),
     "byol_bn_enc": Variant(
-        "BYOL, BN in the encoder only",
-        _bn_in(True, False, False),
-        72.1,
-        f"{_REPORT}, 300 ep.",
+        "BN in the encoder only", _bn_in(1, 0, 0), 72.1, f"{_REPORT}, 300 ep."
     ),
-    "byol_bn_proj_pred": Variant(
-        "BYOL, BN in projector and predictor only", _bn_in(False, True, True)
-    ),
-    "byol_bn_proj": Variant(
-        "BYOL, BN in the projector only", _bn_in(False, True, False)
-    ),
-    "byol_bn_pred": Variant(
-        "BYOL, BN in the predictor only", _bn_in(False, False, True)
-    ),
+    "byol_bn_proj_pred": Variant("BN in projector and predictor", _bn_in(0, 1, 1)),
+    "byol_bn_proj": Variant("BN in the projector only", _bn_in(0, 1, 0)),
+    "byol_bn_pred": Variant("BN in the predictor only", _bn_in(0, 0, 1)),
     "byol_none": Variant(
-        "BYOL, no normalisation anywhere",
+        "no normalisation anywhere",
         {"model.norm": "none"},
         0.1,
         f"{_REPORT}, 300 ep.",
     ),
-    # Without BN, from the BN-statistics initialisation.
     "byol_bn_init": Variant(
-        "BYOL, no BN: BN-statistics initialisation, then per-channel affine layers",
+        "no BN: BN-statistics initialisation, then per-channel affine layers",
         {"model.norm": "bn", "model.bn_init": True},
         65.7,
         f"{_REPORT} (epochs not given)",
     ),
-    # GN + WS and its parts.
     "byol_gn_ws": Variant(
-        "BYOL, GroupNorm everywhere + weight-standardised encoder convs",
+        "GroupNorm everywhere + weight-standardised encoder convs",
         {"model.norm": "gn_ws"},
         73.9,
         f"{_REPORT}, 1000 ep. (300 ep. not given)",
     ),
     "byol_gn": Variant(
-        "BYOL, GroupNorm everywhere, plain convs (no WS)",
+        "GroupNorm everywhere, plain convs",
         {"model.norm": "gn_ws", "model.encoder_ws": 0},
     ),
     "byol_ws": Variant(
-        "BYOL, weight-standardised encoder convs, no normalisation layer",
+        "weight-standardised encoder convs, no norm layer",
         {"model.norm": "none", "model.encoder_ws": 1},
     ),
     "byol_gn_ws_ln_heads": Variant(
-        "BYOL, GN + WS encoder, LayerNorm in projector and predictor",
+        "GN + WS encoder, LayerNorm in the heads",
         {
             "model.norm": "gn_ws",
             "model.projector_norm": "ln",
             "model.predictor_norm": "ln",
         },
     ),
-    # The contrastive baseline.
     "simclr_bn": Variant(
         "SimCLR, BN in encoder and projector",
         {"method": "simclr", "model.norm": "bn"},
@@ -194,14 +152,13 @@ VARIANTS: dict[str, Variant] = {
         f"{_REPORT}, Table 1 (value not in our notes)",
     ),
     "simclr_none": Variant(
-        "SimCLR, no normalisation anywhere",
+        "SimCLR, no normalisation",
         {"method": "simclr", "model.norm": "none"},
         None,
         f"{_REPORT}, Table 1: still learns (value not in our notes)",
     ),
-    # The 1000-epoch results (ImageNet only: no small-scale counterpart).
     "byol_bn_1000ep": Variant(
-        "BYOL, BN everywhere, 1000 epochs",
+        "BN everywhere, 1000 epochs",
         _bn_in(True, True, True),
         74.3,
         "BYOL paper, 1000 ep.",
@@ -209,7 +166,7 @@ VARIANTS: dict[str, Variant] = {
         scales=("paper",),
     ),
     "byol_gn_ws_1000ep": Variant(
-        "BYOL, GN + WS, 1000 epochs",
+        "GN + WS, 1000 epochs",
         {"model.norm": "gn_ws"},
         73.9,
         f"{_REPORT}, 1000 ep.",
@@ -218,46 +175,75 @@ VARIANTS: dict[str, Variant] = {
     ),
 }
 
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"training.predictor_lr_multiplier": 1.0},
+    "pred10x": {"training.predictor_lr_multiplier": 10.0},
+}
+# The rows the findings rest on (>= 3 seeds), and where the recipe matters.
+KEY_VARIANTS = (
+    "byol_bn",
+    "byol_bn_enc",
+    "byol_none",
+    "byol_bn_init",
+    "byol_gn_ws",
+    "simclr_none",
+)
+PRED10X_VARIANTS = ("byol_none", "byol_gn_ws", "byol_bn")
+PILOT = (("byol_bn", "byol_none"), (1, 3, 10))  # variants x epochs, paper, seed 0
+
 
 def variant_names(scale: str) -> list[str]:
     """The variants of a scale, in table order."""
     return [name for name, v in VARIANTS.items() if scale in v.scales]
 
 
-def check_variants(names: Sequence[str], scale: str) -> None:
-    """Raises ValueError (one line, naming the flag) on a name not in `scale`."""
-    allowed = variant_names(scale)
+def _check_names(names: Sequence[str], allowed: Sequence[str], flag: str, scale=""):
+    if not names:
+        raise ValueError(
+            f"{flag}: empty; expected one or more of: {', '.join(allowed)}"
+        )
     for name in names:
         if name in allowed:
             continue
-        if name in VARIANTS:
+        if flag == "--variants" and name in VARIANTS:
             raise ValueError(
                 f"--variants: {name!r} is a variant of the "
                 f"{'/'.join(VARIANTS[name].scales)} scale only; --scale={scale} "
                 "has: " + ", ".join(allowed)
             )
         raise ValueError(
-            f"--variants: {name!r} unknown; expected one of: " + ", ".join(allowed)
-        )
-    if not names:
-        raise ValueError(
-            "--variants: empty; expected one or more of: " + ", ".join(allowed)
+            f"{flag}: {name!r} unknown; expected one of: " + ", ".join(allowed)
         )
 
 
 # ------------------------------------------------------------------- configs
-def small_config() -> ml_collections.ConfigDict:
-    """The small-scale base config: Fashion-MNIST, width-1 TinyResNet, CPU."""
+def small_config(epochs: int) -> ml_collections.ConfigDict:
+    """The small-scale base config: Fashion-MNIST, width-2 TinyResNet, CPU."""
     from configs import fashion_mnist  # noqa: PLC0415
 
     config = fashion_mnist.get_config("bn")
-    config.model.width_multiplier = 1
-    config.model.num_groups = 8  # divides the width-1 net's 8-64 channels
-    config.training.max_steps = SMALL_STEPS
-    config.training.warmup_steps = SMALL_WARMUP_STEPS
-    config.training.log_every_steps = 10
-    config.training.checkpoint_every_steps = 50
-    config.evaluation.probe_every_steps = 0
+    config.model.width_multiplier = 2
+    config.model.num_groups = 16
+    config.data.min_crop_area = 0.08
+    config.data.crop_rule = "reference"
+    steps = epochs * FASHION_MNIST_TRAIN // SMALL_BATCH
+    training = config.training
+    training.update(
+        batch_size=SMALL_BATCH,
+        max_steps=steps,
+        warmup_steps=max(1, steps // 10),
+        base_learning_rate=2.0,
+        weight_decay=1e-6,
+        base_target_ema=0.99,
+        temperature=0.1,
+        log_every_steps=50,
+        checkpoint_every_steps=max(50, steps // 10),
+    )
+    evaluation = config.evaluation
+    evaluation.probe_every_steps = max(1, steps // 5)
+    evaluation.probe_max_train_examples = 50_000
+    evaluation.evaluate_at_start = True
+    evaluation.final_evaluation = True
     return config
 
 
@@ -265,15 +251,18 @@ def paper_config(epochs: int) -> ml_collections.ConfigDict:
     """The paper-scale base config: ImageNet, ResNet-50, the epochs' preset."""
     from configs import byol as byol_configs  # noqa: PLC0415
 
-    return byol_configs.get_config(f"epochs={epochs},norm=bn")
+    config = byol_configs.get_config(f"epochs={epochs},norm=bn")
+    config.evaluation.evaluate_at_start = True
+    return config
 
 
 def variant_config(
-    base: ml_collections.ConfigDict, name: str, seed: int
+    base: ml_collections.ConfigDict, name: str, seed: int, recipe: str = "paper"
 ) -> ml_collections.ConfigDict:
-    """A copy of `base` with variant `name`'s fields and `seed`."""
+    """A copy of `base` with variant `name`'s fields, the recipe's, and `seed`."""
     config = base.copy_and_resolve_references()
-    for dotted, value in {**_VARIANT_DEFAULTS, **VARIANTS[name].overrides}.items():
+    overrides = {**_VARIANT_DEFAULTS, **VARIANTS[name].overrides, **RECIPES[recipe]}
+    for dotted, value in overrides.items():
         section, _, field = dotted.rpartition(".")
         (config[section] if section else config)[field] = value
     config.seed = seed
@@ -285,52 +274,71 @@ class Run:
     """One pre-training run of the study."""
 
     variant: str
+    recipe: str
     seed: int
+    epochs: int
     config: ml_collections.ConfigDict
 
     @property
     def name(self) -> str:
-        """`<variant>_seed<seed>`: its work directory and JSON are named so."""
-        return f"{self.variant}_seed{self.seed}"
+        """Its result file and work directory are named so."""
+        return f"{self.variant}-{self.recipe}-e{self.epochs}-s{self.seed}"
 
 
 def study_runs(
     scale: str,
     names: Sequence[str],
     seeds: Sequence[int],
-    max_steps: int | None = None,
+    recipes: Sequence[str] = ("paper",),
+    epochs: int | None = None,
     data_dir: str | None = None,
 ) -> list[Run]:
-    """The runs of a scale: every variant × seed, configs built and overridden.
+    """Every variant x recipe x seed of a scale, configs built.
 
-    Args:
-        scale: `small` or `paper`.
-        names: variant names of that scale.
-        seeds: the seeds of every variant.
-        max_steps: shorter runs (warm-up shortened to a tenth), e.g. a smoke
-            test; None keeps the scale's budget.
-        data_dir: where the dataset is, if not the config's `data`.
-
-    Returns:
-        The runs, variant by variant.
+    `epochs` is the budget (small scale: Fashion-MNIST epochs; paper scale:
+    default the variant's own).
     """
     if scale not in SCALES:
         raise ValueError(f"--scale {scale!r} unknown; expected one of: small, paper")
-    check_variants(names, scale)
+    _check_names(names, variant_names(scale), "--variants", scale)
+    _check_names(recipes, list(RECIPES), "--recipes")
     runs = []
     for name in names:
-        base = (
-            small_config() if scale == "small" else paper_config(VARIANTS[name].epochs)
-        )
-        if max_steps is not None:
-            base.training.max_steps = max_steps
-            base.training.warmup_steps = min(
-                base.training.warmup_steps, max_steps // 10
-            )
+        budget = epochs or (VARIANTS[name].epochs if scale == "paper" else 10)
+        base = small_config(budget) if scale == "small" else paper_config(budget)
         if data_dir:
             base.data.data_dir = data_dir
-        runs.extend(Run(name, seed, variant_config(base, name, seed)) for seed in seeds)
+        for recipe in recipes:
+            runs += [
+                Run(name, recipe, s, budget, variant_config(base, name, s, recipe))
+                for s in seeds
+            ]
     return runs
+
+
+def planned_runs(plan: str, epochs: int, data_dir: str | None = None) -> list[Run]:
+    """The small-scale plan: the pilot, or the main study at `epochs`.
+
+    Main: the key rows with seeds 0-2 (paper recipe), the pred10x rows with
+    seeds 0-2, every other variant with seed 0.
+    """
+    if plan == "pilot":
+        variants, budgets = PILOT
+        return [
+            run
+            for budget in budgets
+            for run in study_runs(
+                "small", variants, [0], epochs=budget, data_dir=data_dir
+            )
+        ]
+    others = [v for v in variant_names("small") if v not in KEY_VARIANTS]
+    return (
+        study_runs("small", KEY_VARIANTS, [0, 1, 2], ["paper"], epochs, data_dir)
+        + study_runs(
+            "small", PRED10X_VARIANTS, [0, 1, 2], ["pred10x"], epochs, data_dir
+        )
+        + study_runs("small", others, [0], ["paper"], epochs, data_dir)
+    )
 
 
 def component_norms(config: ml_collections.ConfigDict) -> tuple[str, str, str]:
@@ -352,37 +360,25 @@ def component_norms(config: ml_collections.ConfigDict) -> tuple[str, str, str]:
 
 
 def describe(run: Run) -> str:
-    """One line: the run's name and the fields that differ between variants."""
-    c = run.config
+    """One line: the run's name and what differs between runs."""
+    c, t = run.config, run.config.training
     encoder, projector, predictor = component_norms(c)
-    t = c.training
-    parts = [
-        f"{run.name:<28}",
-        f"{c.method:<6}",
-        f"enc {encoder:<13} proj {projector:<13} pred {predictor:<13}",
-        f"{c.model.encoder} x{c.model.width_multiplier}",
-        f"{c.data.dataset}",
-        f"{t.max_steps} steps (warm-up {t.warmup_steps}) x batch {t.batch_size}",
-        f"lr {t.base_learning_rate} wd {t.weight_decay}",
-        f"tau {t.base_target_ema}" if c.method == "byol" else f"T {t.temperature}",
-    ]
-    return " | ".join(parts)
+    return " | ".join(
+        [
+            f"{run.name:<34}",
+            f"enc {encoder:<13} proj {projector:<13} pred {predictor:<6}",
+            f"{c.model.encoder} x{c.model.width_multiplier} {c.data.dataset}",
+            f"{t.max_steps} steps x {t.batch_size}",
+            f"lr {t.base_learning_rate} wd {t.weight_decay} pred x"
+            f"{t.predictor_lr_multiplier:g}",
+            f"tau {t.base_target_ema}" if c.method == "byol" else f"T {t.temperature}",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------- runs
 def _config_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(json.dumps(config.to_dict()))
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    """The dotted name of the first field where two config dicts differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
-    return None if a == b else prefix.rstrip(".")
 
 
 def _read_json(path: str) -> Any:
@@ -391,46 +387,50 @@ def _read_json(path: str) -> Any:
 
 
 def _write_json(path: str, value: Any) -> None:
-    partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(partial, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".partial", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".partial", path)
 
 
-def _history(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _record(run: Run, results: dict | None, error: str | None, seconds: float):
-    variant = VARIANTS[run.variant]
-    encoder, projector, predictor = component_norms(run.config)
-    scalars = (results or {}).get("final_scalars", {})
-    probe = (results or {}).get("probe", {})
-    return {
-        "variant": run.variant,
-        "seed": run.seed,
-        "method": run.config.method,
-        "encoder_norm": encoder,
-        "projector_norm": projector,
-        "predictor_norm": predictor,
-        "status": "failed" if error else "done",
-        "error": error,
-        "probe_top1": None if error else 100 * probe["top1"],
-        "probe_top5": None if error else 100 * probe["top5"],
-        "probe_val_top1": None if error else 100 * probe["val_top1"],
-        "final_collapse": scalars.get("collapse"),
-        "final_repr_loss": scalars.get("repr_loss"),
-        "steps": run.config.training.max_steps,
-        "images_per_second": (results or {}).get("images_per_second"),
-        "minutes": seconds / 60,
-        "paper_top1": variant.paper_top1,
-        "paper_setting": variant.paper_setting,
-        "config": _config_json(run.config),
-    }
+def code_version() -> dict[str, str]:
+    """The git commit (if any) and a hash of the code the runs execute."""
+    digest = hashlib.sha256()
+    files = sorted(
+        glob.glob(os.path.join(REPO, "byol", "**", "*.py"), recursive=True)
+        + glob.glob(os.path.join(REPO, "configs", "*.py"))
+        + [os.path.abspath(__file__)]
+    )
+    for path in files:
+        digest.update(os.path.relpath(path, REPO).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    try:
+        commit = subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                REPO,
+                "status",
+                "--porcelain",
+                "byol",
+                "configs",
+                "experiments",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit += "+changes" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit, "code_sha256": digest.hexdigest()[:16]}
 
 
 def _pretrain_child(config_dict: dict, workdir: str, replies) -> None:
@@ -439,6 +439,16 @@ def _pretrain_child(config_dict: dict, workdir: str, replies) -> None:
 
     try:
         results = train.pretrain(ml_collections.ConfigDict(config_dict), workdir)
+        import jax  # noqa: PLC0415
+
+        device = jax.devices()[0]
+        results["where"] = dict(
+            platform=device.platform,
+            device_kind=device.device_kind,
+            devices=jax.device_count(),
+            host=platform.node(),
+            cpus=os.cpu_count(),
+        )
         replies.put(("done", results))
     except FloatingPointError as failure:  # diverged: a result of the study
         replies.put(("diverged", str(failure)))
@@ -449,20 +459,13 @@ def _pretrain_child(config_dict: dict, workdir: str, replies) -> None:
 def pretrain_isolated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`byol.train.pretrain` in a child process, so runs share nothing.
 
-    One process for 30 runs failed at the 30th: every run's compiled XLA
-    programs stayed mapped, and LLVM ran out of memory maps. A child also
-    keeps a crash to its run (the study says which, and a re-run resumes it).
-
-    Args:
-        config: the run's config.
-        workdir: its work directory.
-
-    Returns:
-        ``pretrain``'s results.
+    One process for 30 runs failed at the 30th: every run's compiled programs
+    stayed mapped until LLVM ran out of memory maps. A child also keeps a
+    crash to its run (named; a rerun resumes it).
 
     Raises:
-        FloatingPointError: the run diverged (non-finite loss or gradient).
-        RuntimeError: the run failed otherwise, or its process died.
+        FloatingPointError: the run diverged.
+        RuntimeError: it failed otherwise, or its process died.
     """
     import multiprocessing  # noqa: PLC0415
     import queue  # noqa: PLC0415
@@ -478,7 +481,7 @@ def pretrain_isolated(config: ml_collections.ConfigDict, workdir: str) -> dict:
             try:
                 status, value = replies.get(timeout=5)
                 break
-            except queue.Empty:  # still running
+            except queue.Empty:
                 if not child.is_alive():
                     raise RuntimeError(
                         f"the run in {workdir} died (exit code {child.exitcode}); "
@@ -493,324 +496,456 @@ def pretrain_isolated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return value
 
 
-def execute(run: Run, out: str) -> dict:
-    """Trains and probes one run (in a child process), or returns its record.
+def _history(workdir: str) -> list[dict]:
+    """The logged rows the table and figures use (probes, collapse, loss)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    keep = {"step", "repr_loss", "collapse", "top1"}
+    rows = []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "probe_top1" in row:
+                rows.append(row)
+            elif "collapse" in row:
+                rows.append({k: v for k, v in row.items() if k in keep})
+    return rows
 
-    Args:
-        run: the run.
-        out: the study's output directory.
 
-    Returns:
-        The run's record (also in `<out>/runs/<name>.json`), with its
-        metrics history under ``history`` (not written to the JSON).
+def _record(run: Run, results: dict | None, error: str | None, seconds, cpu_seconds):
+    encoder, projector, predictor = component_norms(run.config)
+    results = results or {}
+    return {
+        "name": run.name,
+        "variant": run.variant,
+        "recipe": run.recipe,
+        "seed": run.seed,
+        "epochs": run.epochs,
+        "method": run.config.method,
+        "norms": [encoder, projector, predictor],
+        "status": "failed" if error else "done",
+        "error": error,
+        "start": results.get("start_evaluation"),
+        "final": results.get("evaluation"),
+        "final_scalars": results.get("final_scalars", {}),
+        "steps": run.config.training.max_steps,
+        "minutes": seconds / 60,
+        "cpu_minutes": cpu_seconds / 60,
+        "images_per_second": results.get("images_per_second"),
+        "where": results.get("where"),
+        "code": code_version(),
+        "config": _config_json(run.config),
+    }
+
+
+def execute(run: Run, results_dir: str, workdirs: str) -> dict:
+    """Trains and evaluates one run (in a child process), or reads its record.
 
     Raises:
-        ValueError: the run's directory holds a run of another config.
+        ValueError: its work directory holds a run of another config.
         RuntimeError: the run failed other than by diverging.
     """
-    workdir = os.path.join(out, "runs", run.name)
-    record_path = os.path.join(out, "runs", f"{run.name}.json")
-    config_json = _config_json(run.config)
-    if os.path.exists(record_path):
-        record = _read_json(record_path)
-        if record.get("config") == config_json:
-            print(f"[{run.name}] finished earlier: {record_path}", flush=True)
-            return {**record, "history": _history(workdir)}
-    saved_config = os.path.join(workdir, "config.json")
-    if os.path.exists(saved_config):
-        field = _first_difference(_read_json(saved_config), config_json)
-        if field:
-            raise ValueError(
-                f"{workdir} holds a run of another config ({field} differs); "
-                "use another --out or delete that directory"
-            )
+    path = os.path.join(results_dir, "runs", f"{run.name}.json")
+    if os.path.exists(path):
+        record = _read_json(path)
+        if record.get("config") == _config_json(run.config):
+            print(f"[{run.name}] finished earlier: {path}", flush=True)
+            return record
+    workdir = os.path.join(workdirs, run.name)
+    saved = os.path.join(workdir, "config.json")
+    if os.path.exists(saved) and _read_json(saved) != _config_json(run.config):
+        raise ValueError(
+            f"{workdir} holds a run of another config; use another --workdirs "
+            "or delete that directory"
+        )
     print(f"\n== {describe(run)} ==", flush=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu_seconds()
     results, error = None, None
     try:
         results = pretrain_isolated(run.config, workdir)
     except FloatingPointError as failure:
         error = str(failure)
-        print(f"[{run.name}] failed: {error}", flush=True)
-    record = _record(run, results, error, time.perf_counter() - started)
-    _write_json(record_path, record)
-    return {**record, "history": _history(workdir)}
+        print(f"[{run.name}] diverged: {error}", flush=True)
+    record = _record(
+        run,
+        results,
+        error,
+        time.perf_counter() - started,
+        _children_cpu_seconds() - cpu,
+    )
+    record["history"] = _history(workdir)
+    _write_json(path, record)
+    return record
 
 
-def run_study(runs: Iterable[Run], out: str) -> list[dict]:
-    """Executes every run (or reads it back), in order; returns their records."""
-    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    return [execute(run, out) for run in runs]
+def _children_cpu_seconds() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def raw_pixels(results_dir: str, data_dir: str | None = None) -> dict:
+    """The suite on raw pixels (the bar every encoder should clear), cached."""
+    path = os.path.join(results_dir, "raw_pixels.json")
+    if os.path.exists(path):
+        return _read_json(path)
+    import numpy as np  # noqa: PLC0415
+
+    from byol import probe, run_dir  # noqa: PLC0415
+
+    config = small_config(1)
+    if data_dir:
+        config.data.data_dir = data_dir
+    info = run_dir.dataset_info(config)
+
+    def pixels(x):
+        return np.asarray(x, np.float32).reshape(len(x), -1) / 255.0
+
+    feats = probe.probe_features(
+        config, pixels, config.evaluation.probe_max_train_examples
+    )
+    record = {
+        "final": probe.evaluate(feats, info.num_classes, 0),
+        "code": code_version(),
+    }
+    _write_json(path, record)
+    return record
 
 
 # -------------------------------------------------------------------- report
-@dataclasses.dataclass
-class Row:
-    """One variant's runs, summarised."""
-
-    variant: str
-    method: str
-    encoder: str
-    projector: str
-    predictor: str
-    seeds: list[int]
-    top1: list[float]
-    top5: list[float]
-    collapse: list[float]
-    minutes: list[float]
-    failed: int
-    paper_top1: float | None
-    paper_setting: str
-
-    @property
-    def top1_mean(self) -> float | None:
-        """Mean probe top-1 (%) over the finished seeds."""
-        return statistics.fmean(self.top1) if self.top1 else None
-
-    @property
-    def top1_std(self) -> float | None:
-        """Sample standard deviation over seeds (None with fewer than two)."""
-        return statistics.stdev(self.top1) if len(self.top1) > 1 else None
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(
+        values
+    ) > 1 else None
 
 
-def summarise(records: Sequence[dict]) -> list[Row]:
-    """Groups the runs' records by variant, in the order they first appear."""
-    rows: dict[str, Row] = {}
-    for r in records:
-        row = rows.get(r["variant"])
-        if row is None:
-            row = rows[r["variant"]] = Row(
-                r["variant"],
-                r["method"],
-                r["encoder_norm"],
-                r["projector_norm"],
-                r["predictor_norm"],
-                [],
-                [],
-                [],
-                [],
-                [],
-                0,
-                r["paper_top1"],
-                r["paper_setting"],
-            )
-        row.seeds.append(r["seed"])
-        row.minutes.append(r["minutes"])
-        if r["status"] != "done":
-            row.failed += 1
-            continue
-        row.top1.append(r["probe_top1"])
-        row.top5.append(r["probe_top5"])
-        if r["final_collapse"] is not None:
-            row.collapse.append(r["final_collapse"])
-    return list(rows.values())
+def _pct(value, std=None) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
+def _number(value, digits=2) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _top1_cell(row: Row) -> str:
-    if not row.top1:
-        return "diverged" if row.failed else "—"
-    text = _fmt(row.top1_mean)
-    if row.top1_std is not None:
-        text += f" ± {row.top1_std:.1f}"
-    if row.failed:
-        text += f" ({row.failed} diverged)"
-    return text
+def _values(records, part: str, *keys) -> list[float]:
+    out = []
+    for r in records:
+        value = r.get(part)
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int | float):
+            out.append(float(value))
+    return out
 
 
-def _paper_cell(row: Row) -> str:
-    if row.paper_top1 is None:
-        return "—"
-    return f"{row.paper_top1:.1f} ({row.paper_setting})"
+@dataclasses.dataclass
+class Row:
+    """One variant x recipe x budget, summarised over its seeds."""
+
+    variant: str
+    recipe: str
+    epochs: int
+    norms: list[str]
+    records: list[dict]
+
+    def stat(self, part: str, *keys) -> tuple[float | None, float | None]:
+        """Mean and sample std over the finished seeds of one figure."""
+        done = [r for r in self.records if r["status"] == "done"]
+        return _mean_std(_values(done, part, *keys))
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds run."""
+        return sorted(r["seed"] for r in self.records)
+
+    @property
+    def failed(self) -> int:
+        """Seeds that diverged."""
+        return sum(r["status"] != "done" for r in self.records)
+
+    def gains(self) -> list[float]:
+        """Linear-probe gain over the run's own start, per seed."""
+        return [
+            r["final"]["linear"]["top1"] - r["start"]["linear"]["top1"]
+            for r in self.records
+            if r["status"] == "done" and r.get("start") and r.get("final")
+        ]
 
 
-def format_markdown(rows: Sequence[Row], header: str = "") -> str:
-    """The Markdown table (with `header` lines above it)."""
-    lines = [header, ""] if header else []
-    lines += [
-        "| variant | method | encoder | projector | predictor | seeds "
-        "| probe top-1 (%) | collapse | min/run | paper top-1 (%) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.variant} | {r.method} | {r.encoder} | {r.projector} "
-            f"| {r.predictor} | {len(r.seeds)} | {_top1_cell(r)} "
-            f"| {_fmt(_mean(r.collapse), 2)} | {_fmt(_mean(r.minutes))} "
-            f"| {_paper_cell(r)} |"
-        )
-    return "\n".join(lines) + "\n"
+def summarise(records: Sequence[dict]) -> list[Row]:
+    """Groups records by (variant, recipe, epochs), in the order they appear."""
+    rows: dict[tuple, Row] = {}
+    for r in records:
+        key = (r["variant"], r["recipe"], r["epochs"])
+        rows.setdefault(key, Row(*key, r["norms"], [])).records.append(r)
+    return list(rows.values())
 
 
-CSV_FIELDS = (
+TABLE_COLUMNS = (
     "variant",
-    "method",
+    "recipe",
+    "epochs",
     "encoder",
     "projector",
     "predictor",
     "seeds",
-    "runs_failed",
-    "top1_mean",
-    "top1_std",
-    "top1_min",
-    "top1_max",
-    "top5_mean",
-    "collapse_mean",
-    "minutes_mean",
-    "paper_top1",
-    "paper_setting",
+    "start linear",
+    "linear",
+    "gain",
+    "kNN",
+    "1% labels",
+    "10% labels",
+    "collapse",
+    "rank emb.",
+    "rank proj.",
+    "min/run",
+    "paper (ImageNet)",
 )
 
 
+def row_cells(row: Row) -> list[str]:
+    """One table row's cells (percentages; mean ± std over seeds)."""
+    variant = VARIANTS[row.variant]
+    gain = _mean_std(row.gains())
+    linear = _pct(*row.stat("final", "linear", "top1"))
+    if row.failed:
+        linear += f" ({row.failed} diverged)"
+    return [
+        row.variant,
+        row.recipe,
+        str(row.epochs),
+        *row.norms,
+        ",".join(map(str, row.seeds)),
+        _pct(*row.stat("start", "linear", "top1")),
+        linear,
+        "—" if gain[0] is None else f"{100 * gain[0]:+.1f}",
+        _pct(*row.stat("final", "knn", "best_top1")),
+        _pct(*row.stat("final", "few_label", "1%", "top1_mean")),
+        _pct(*row.stat("final", "few_label", "10%", "top1_mean")),
+        _number(row.stat("final_scalars", "collapse")[0]),
+        _number(row.stat("final", "rank", "embedding")[0], 1),
+        _number(row.stat("final", "rank", "projection")[0], 1),
+        _number(statistics.fmean(r["minutes"] for r in row.records), 1),
+        "—"
+        if variant.paper_top1 is None
+        else f"{variant.paper_top1:.1f} ({variant.paper_setting})",
+    ]
+
+
+def pixel_cells(pixels: dict | None) -> list[str] | None:
+    """The raw-pixels row (no training, no encoder)."""
+    if not pixels:
+        return None
+    final = pixels["final"]
+    few = final["few_label"]
+    return (
+        ["raw pixels", "—", "—", "—", "—", "—", "—", "—"]
+        + [_pct(final["linear"]["top1"]), "—", _pct(final["knn"]["best_top1"])]
+        + [_pct(few["1%"]["top1_mean"]), _pct(few["10%"]["top1_mean"])]
+        + ["—", _number(final["rank"]["embedding"], 1), "—", "—", "—"]
+    )
+
+
+def format_markdown(rows: Sequence[Row], pixels: dict | None = None, header="") -> str:
+    """The Markdown table (with `header` above it)."""
+    lines = [header, ""] if header else []
+    lines += [
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|" + "---|" * len(TABLE_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+    extra = pixel_cells(pixels)
+    if extra:
+        lines.append("| " + " | ".join(extra) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(rows: Sequence[Row], path: str) -> None:
-    """The table as CSV, one row per variant (empty cells where unknown)."""
+    """The table as CSV with full precision (fractions, not %)."""
+    fields = (
+        "variant recipe epochs encoder projector predictor seeds runs_failed "
+        "start_linear_mean linear_mean linear_std gain_mean knn_mean "
+        "label1_mean label1_std label10_mean label10_std collapse_mean "
+        "rank_embedding_mean rank_projection_mean minutes_mean paper_top1"
+    ).split()
 
     def cell(value):
-        return "" if value is None else round(value, 4)
+        return "" if value is None else round(value, 5)
 
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
+            linear = r.stat("final", "linear", "top1")
+            one = r.stat("final", "few_label", "1%", "top1_mean")
+            ten = r.stat("final", "few_label", "10%", "top1_mean")
             writer.writerow(
-                {
-                    "variant": r.variant,
-                    "method": r.method,
-                    "encoder": r.encoder,
-                    "projector": r.projector,
-                    "predictor": r.predictor,
-                    "seeds": " ".join(map(str, r.seeds)),
-                    "runs_failed": r.failed,
-                    "top1_mean": cell(r.top1_mean),
-                    "top1_std": cell(r.top1_std),
-                    "top1_min": cell(min(r.top1, default=None)),
-                    "top1_max": cell(max(r.top1, default=None)),
-                    "top5_mean": cell(_mean(r.top5)),
-                    "collapse_mean": cell(_mean(r.collapse)),
-                    "minutes_mean": cell(_mean(r.minutes)),
-                    "paper_top1": cell(r.paper_top1),
-                    "paper_setting": r.paper_setting,
-                }
+                dict(
+                    zip(
+                        fields[:6],
+                        [r.variant, r.recipe, r.epochs, *r.norms],
+                        strict=True,
+                    ),
+                    seeds=" ".join(map(str, r.seeds)),
+                    runs_failed=r.failed,
+                    start_linear_mean=cell(r.stat("start", "linear", "top1")[0]),
+                    linear_mean=cell(linear[0]),
+                    linear_std=cell(linear[1]),
+                    gain_mean=cell(_mean_std(r.gains())[0]),
+                    knn_mean=cell(r.stat("final", "knn", "best_top1")[0]),
+                    label1_mean=cell(one[0]),
+                    label1_std=cell(one[1]),
+                    label10_mean=cell(ten[0]),
+                    label10_std=cell(ten[1]),
+                    collapse_mean=cell(r.stat("final_scalars", "collapse")[0]),
+                    rank_embedding_mean=cell(r.stat("final", "rank", "embedding")[0]),
+                    rank_projection_mean=cell(r.stat("final", "rank", "projection")[0]),
+                    minutes_mean=cell(
+                        statistics.fmean(x["minutes"] for x in r.records)
+                    ),
+                    paper_top1=cell(VARIANTS[r.variant].paper_top1),
+                )
             )
 
 
-def plot_study(rows: Sequence[Row], records: Sequence[dict], path: str, title: str):
-    """Saves the figure: probe top-1 per variant; collapse indicator by step."""
+def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
+    """Final linear probe per row (seeds, and each row's start); curves by step."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    height = max(3.5, 0.32 * len(rows) + 1.2)
-    fig, (bars, curves) = plt.subplots(
-        1, 2, figsize=(14, height), gridspec_kw=dict(width_ratios=(1, 1.3))
+    height = max(4.0, 0.3 * len(rows) + 1.5)
+    fig, (bars, collapse, rank) = plt.subplots(
+        1, 3, figsize=(18, height), gridspec_kw=dict(width_ratios=(1.2, 1, 1))
     )
     colours = plt.get_cmap("tab20")
-    ys = range(len(rows))
-    for y, row in zip(ys, rows, strict=True):
-        colour = colours(y % 20)
-        if row.top1:
-            low, high = min(row.top1), max(row.top1)
-            bars.barh(y, row.top1_mean, color=colour, alpha=0.6)
-            bars.errorbar(
-                row.top1_mean,
-                y,
-                xerr=[[row.top1_mean - low], [high - row.top1_mean]],
-                color="black",
-                capsize=3,
-            )
-            bars.scatter(row.top1, [y] * len(row.top1), color="black", s=10, zorder=3)
-        else:
-            bars.text(1, y, "diverged", va="center", fontsize=8)
-    labels = [
-        f"{r.variant} (paper {r.paper_top1:.1f})"
-        if r.paper_top1 is not None
-        else r.variant
-        for r in rows
-    ]
-    bars.set_yticks(list(ys), labels, fontsize=8)
-    bars.invert_yaxis()
-    bars.set_xlabel("linear probe top-1 on test (%): mean, seeds, min-max")
-    bars.grid(axis="x", alpha=0.3)
-
     for y, row in enumerate(rows):
-        series = [
-            [(h["step"], h["collapse"]) for h in r["history"] if "collapse" in h]
-            for r in records
-            if r["variant"] == row.variant
-        ]
-        series = [s for s in series if s]
-        if not series:
-            continue
-        # Mean over seeds at the steps every seed logged.
-        steps = sorted(set.intersection(*(set(dict(s)) for s in series)))
-        means = [statistics.fmean(dict(s)[step] for s in series) for step in steps]
-        curves.plot(steps, means, color=colours(y % 20), label=row.variant)
-    curves.set_xlabel("step")
-    curves.set_ylabel("collapse indicator (1 spread, 0 collapsed)")
-    curves.set_ylim(bottom=0)
-    curves.grid(alpha=0.3)
-    if curves.lines:
-        curves.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        final = _values(row.records, "final", "linear", "top1")
+        start = _values(row.records, "start", "linear", "top1")
+        if final:
+            bars.barh(
+                y, 100 * statistics.fmean(final), color=colours(y % 20), alpha=0.6
+            )
+            bars.scatter([100 * v for v in final], [y] * len(final), color="k", s=10)
+        if start:
+            bars.scatter(
+                [100 * v for v in start], [y] * len(start), marker="|", color="k", s=60
+            )
+        for axis, key in ((collapse, "collapse"), (rank, "rank_projection")):
+            curves = [
+                [(h["step"], h[key]) for h in r.get("history", []) if key in h]
+                for r in row.records
+            ]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(dict(c)) for c in curves)))
+            means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
+            axis.plot(
+                steps,
+                means,
+                color=colours(y % 20),
+                ls="-" if row.recipe == "paper" else "--",
+                label=f"{row.variant} ({row.recipe})",
+            )
+    if pixels:
+        bars.axvline(100 * pixels["final"]["linear"]["top1"], color="grey", ls="--")
+        bars.annotate(
+            "raw pixels",
+            (100 * pixels["final"]["linear"]["top1"], -0.6),
+            fontsize=8,
+            color="grey",
+        )
+    bars.set_yticks(
+        range(len(rows)), [f"{r.variant} ({r.recipe})" for r in rows], fontsize=8
+    )
+    bars.invert_yaxis()
+    bars.set_xlabel("linear probe top-1 on test (%): bar mean, dots seeds, | start")
+    bars.grid(axis="x", alpha=0.3)
+    collapse.set(xlabel="step", ylabel="collapse indicator (1 spread, 0 collapsed)")
+    collapse.set_ylim(bottom=0)
+    rank.set(xlabel="step", ylabel="effective rank of the projection (RankMe)")
+    rank.set_ylim(bottom=0)
+    for axis in (collapse, rank):
+        axis.grid(alpha=0.3)
+    if collapse.lines:
+        rank.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_report(records: Sequence[dict], out: str, scale: str) -> dict[str, str]:
-    """Writes table.md, table.csv and study.png; returns their paths."""
+def write_report(records: Sequence[dict], results_dir: str, pixels=None) -> dict:
+    """Writes table.md, table.csv and study.png from the records; their paths."""
     rows = summarise(records)
     first = records[0]["config"]
-    training = first["training"]
     header = (
-        f"Scale `{scale}`: {first['data']['dataset']}, {first['model']['encoder']} "
-        f"x{first['model']['width_multiplier']}, {training['max_steps']} steps x "
-        f"batch {training['batch_size']}; probe top-1 on the test split, mean ± "
-        "standard deviation over seeds; collapse: final collapse indicator "
-        "(1 spread, 0 collapsed); paper: ImageNet linear top-1 of ResNet-50."
+        f"{first['data']['dataset']}, {first['model']['encoder']} "
+        f"x{first['model']['width_multiplier']}, batch "
+        f"{first['training']['batch_size']}; top-1 on the test split (%, mean ± "
+        "std over seeds); start: the same network untrained; kNN: the k chosen on "
+        "val; collapse: the final indicator (1 spread, 0 collapsed); ranks: RankMe "
+        "of the test embeddings and projections; paper: ImageNet linear top-1 of "
+        "ResNet-50."
     )
     paths = {
-        "markdown": os.path.join(out, "table.md"),
-        "csv": os.path.join(out, "table.csv"),
-        "figure": os.path.join(out, "study.png"),
+        "markdown": os.path.join(results_dir, "table.md"),
+        "csv": os.path.join(results_dir, "table.csv"),
+        "figure": os.path.join(results_dir, "study.png"),
     }
     with open(paths["markdown"], "w") as f:
-        f.write(format_markdown(rows, header))
+        f.write(format_markdown(rows, pixels, header))
     write_csv(rows, paths["csv"])
-    plot_study(
-        rows,
-        records,
-        paths["figure"],
-        f"BYOL / SimCLR normalisation study ({scale} scale, "
-        f"{first['data']['dataset']}, {training['max_steps']} steps)",
-    )
+    plot_study(rows, paths["figure"], "BYOL / SimCLR normalisation study", pixels)
     return paths
+
+
+def read_records(results_dir: str) -> list[dict]:
+    """Every result file of the folder, in the study's table order."""
+    records = [
+        _read_json(p) for p in glob.glob(os.path.join(results_dir, "runs", "*.json"))
+    ]
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    recipes = {name: i for i, name in enumerate(RECIPES)}
+    return sorted(
+        records,
+        key=lambda r: (
+            r["epochs"],
+            recipes[r["recipe"]],
+            order[r["variant"]],
+            r["seed"],
+        ),
+    )
 
 
 # ----------------------------------------------------------------------- CLI
 def _define_flags() -> dict[str, flags.FlagHolder]:
     # Defined when run as a program only (tests import this module).
     return dict(
-        scale=flags.DEFINE_string("scale", "small", "Budget and data: small | paper."),
-        out=flags.DEFINE_string("out", "results/norm_study", "Output directory."),
-        variants=flags.DEFINE_list(
-            "variants", None, "Variants to run (default: all of the scale)."
+        scale=flags.DEFINE_string("scale", "small", "small | paper."),
+        plan=flags.DEFINE_string(
+            "plan", None, "pilot | main: the small-scale plan (else the flags below)."
         ),
-        seeds=flags.DEFINE_list("seeds", ["0", "1"], "Seeds of every variant."),
-        max_steps=flags.DEFINE_integer(
-            "max_steps", None, "Override the steps of every run (smoke tests)."
+        variants=flags.DEFINE_list("variants", None, "Variants (default: all)."),
+        recipes=flags.DEFINE_list("recipes", ["paper"], "Recipes: paper, pred10x."),
+        seeds=flags.DEFINE_list("seeds", ["0"], "Seeds of every variant."),
+        epochs=flags.DEFINE_integer("epochs", 10, "Budget in epochs (small scale)."),
+        results=flags.DEFINE_string(
+            "results", "results/norm_study", "Result files, table, figures."
+        ),
+        workdirs=flags.DEFINE_string(
+            "workdirs", "workdirs/norm_study", "The runs' work directories."
         ),
         data_dir=flags.DEFINE_string("data_dir", None, "Dataset directory."),
-        dry_run=flags.DEFINE_bool(
-            "dry_run", False, "Build, validate and print the configs; train nothing."
+        dry_run=flags.DEFINE_bool("dry_run", False, "Validate configs; train nothing."),
+        table_only=flags.DEFINE_bool(
+            "table_only", False, "Rebuild the table and figures from the result files."
         ),
     )
 
@@ -827,8 +962,25 @@ def _seeds(values: Sequence[str]) -> list[int]:
     return seeds
 
 
+def _runs(h: dict[str, flags.FlagHolder]) -> list[Run]:
+    if h["epochs"].value < 1:
+        raise ValueError(f"--epochs must be an integer >= 1, got {h['epochs'].value}")
+    if h["plan"].value:
+        _check_names([h["plan"].value], ["pilot", "main"], "--plan")
+        return planned_runs(h["plan"].value, h["epochs"].value, h["data_dir"].value)
+    scale = h["scale"].value
+    return study_runs(
+        scale,
+        h["variants"].value or variant_names(scale if scale in SCALES else "small"),
+        _seeds(h["seeds"].value),
+        h["recipes"].value,
+        h["epochs"].value if scale == "small" else None,
+        h["data_dir"].value,
+    )
+
+
 def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
-    """Runs (or with --dry_run, validates) the study the flags describe."""
+    """Runs the study the flags describe (or validates it, or only reports)."""
     del argv
     logging.set_verbosity(logging.WARNING)
     from byol import main as byol_main  # noqa: PLC0415
@@ -838,36 +990,36 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     byol_main.quiet_orbax_leftovers()
     from byol import config_checks  # noqa: PLC0415  (after the XLA flags)
 
-    scale, out = holders["scale"].value, holders["out"].value
+    results_dir = holders["results"].value
     try:
-        max_steps = holders["max_steps"].value
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"--max_steps must be an integer >= 1, got {max_steps}")
-        runs = study_runs(
-            scale,
-            holders["variants"].value or variant_names(scale),
-            _seeds(holders["seeds"].value),
-            max_steps,
-            holders["data_dir"].value,
-        )
-        for run in runs:
-            try:
-                config_checks.check_pretrain_config(run.config)
-            except ValueError as error:
-                raise ValueError(f"variant {run.variant}: {error}") from None
-        if holders["dry_run"].value:
+        if holders["table_only"].value:
+            records = read_records(results_dir)
+            if not records:
+                raise FileNotFoundError(f"no result files in {results_dir}/runs")
+        else:
+            runs = _runs(holders)
             for run in runs:
-                print(describe(run))
-            print(f"{len(runs)} configs valid; nothing trained (--dry_run)")
-            return
-        records = run_study(runs, out)
+                try:
+                    config_checks.check_pretrain_config(run.config)
+                except ValueError as error:
+                    raise ValueError(f"run {run.name}: {error}") from None
+            if holders["dry_run"].value:
+                print("\n".join(describe(run) for run in runs))
+                print(f"{len(runs)} configs valid; nothing trained (--dry_run)")
+                return
+            for i, run in enumerate(runs):
+                print(f"[{i + 1}/{len(runs)}]", end=" ")
+                execute(run, results_dir, holders["workdirs"].value)
+            records = read_records(results_dir)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as error:  # a run crashed; the finished ones are kept
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    paths = write_report(records, out, scale)
+    small = [r for r in records if r["config"]["data"]["dataset"] == "fashion_mnist"]
+    pixels = raw_pixels(results_dir, holders["data_dir"].value) if small else None
+    paths = write_report(records, results_dir, pixels)
     with open(paths["markdown"]) as f:
         print("\n" + f.read())
     print(f"Table: {paths['markdown']}, {paths['csv']}; figure: {paths['figure']}")

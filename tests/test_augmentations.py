@@ -198,11 +198,13 @@ def test_config_lists_become_tuples_and_configs_are_hashable():
 
 
 # ------------------------------------------------------------------- crop box
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _boxes(rng, n, height, width):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _boxes(rng, n, height, width, rule="torchvision"):
     keys = jax.random.split(rng, n)
     return jax.vmap(
-        lambda k: aug.sample_crop_box(k, height, width, (0.08, 1.0), (3 / 4, 4 / 3))
+        lambda k: aug.sample_crop_box(
+            k, height, width, (0.08, 1.0), (3 / 4, 4 / 3), rule=rule
+        )
     )(keys)
 
 
@@ -253,6 +255,55 @@ def test_crop_boxes_fit_and_follow_the_area_and_aspect_distribution():
     np.testing.assert_allclose(
         np.quantile(np.log(aspect), qs), np.quantile(np.log(ref_aspect), qs), atol=0.03
     )
+
+
+def _closed_form_box_statistics(area_low=0.08, grid=4000):
+    """Mean area and P(a full side) of unrounded boxes on a square image.
+
+    Area fraction A ~ U[area_low, 1], log-aspect t ~ U[-L, L], L = log(4/3);
+    sides sqrt(A e^t), sqrt(A e^-t). The reference clamps a side > 1 to 1 (then
+    the box is 1 x sqrt(A e^-|t|)); torchvision keeps only boxes that fit,
+    A e^|t| <= 1 (its 10 retries all miss with probability ~1e-9).
+    Midpoint rule on a grid x grid of (A, t).
+    """
+    half = math.log(4 / 3)
+    a = area_low + (1 - area_low) * (np.arange(grid) + 0.5) / grid
+    t = -half + 2 * half * (np.arange(grid) + 0.5) / grid
+    area, tilt = np.meshgrid(a, np.exp(np.abs(t)), indexing="ij")
+    fits = area * tilt <= 1
+    clamped_area = np.where(fits, area, np.sqrt(area / tilt))
+    return {
+        "reference_mean_area": clamped_area.mean(),
+        "reference_full_side": 1 - fits.mean(),
+        # In closed form: (1 - (1 - e^-L) / L) / (1 - area_low).
+        "reference_full_side_exact": (1 - 0.25 / half) / (1 - area_low),
+        "torchvision_mean_area": area[fits].mean(),
+    }
+
+
+def test_reference_and_torchvision_crop_rules_match_their_closed_forms():
+    size = 1000  # large: rounding the sides moves nothing measurable
+    stats = _closed_form_box_statistics()
+    assert stats["reference_full_side"] == pytest.approx(
+        stats["reference_full_side_exact"], abs=1e-3
+    )
+    for rule in ("reference", "torchvision"):
+        top, left, h, w = np.asarray(_boxes(jax.random.key(7), N, size, size, rule)).T
+        assert (top >= 0).all() and (top + h <= size).all()
+        assert (left >= 0).all() and (left + w <= size).all()
+        area = h * w / size**2
+        full_side = np.mean((h == size) | (w == size))
+        # Within 3 standard errors of the N samples.
+        tolerance = 3 * area.std() / math.sqrt(N)
+        assert area.mean() == pytest.approx(stats[f"{rule}_mean_area"], abs=tolerance)
+        if rule == "reference":
+            p = stats["reference_full_side"]
+            assert full_side == pytest.approx(p, abs=3 * math.sqrt(p * (1 - p) / N))
+        else:
+            assert full_side < 0.005
+    # The two rules differ where the issue measured them (square images).
+    assert stats["reference_mean_area"] - stats["torchvision_mean_area"] > 0.03
+    assert stats["reference_full_side"] > 0.13
 
 
 def test_crop_box_falls_back_to_the_clamped_central_crop():

@@ -117,6 +117,7 @@ def load(
     num_threads: int | None = None,
     skip_bad_images: bool = False,
     val_size: int | None = None,
+    min_crop_area: float = 0.08,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields numpy batches of a split, shaped ``[*batch_dims, ...]``.
 
@@ -139,6 +140,7 @@ def load(
         by another example of its batch (training) or masked out
         (evaluation), the same way at every resume.
       val_size: examples held out of train as ``val`` (default: `catalog`).
+      min_crop_area: the host crops' smallest area (fraction of the image).
 
     Raises:
       ValueError: bad arguments, or an image that cannot be decoded (named).
@@ -186,6 +188,7 @@ def load(
             views=(2 if two_views else 1) if is_training else 0,
             num_threads=num_threads or default_num_threads(),
             skip_bad_images=skip_bad_images,
+            min_crop_area=min_crop_area,
         )
     return (
         {k: v.reshape(batch_dims + v.shape[1:]) for k, v in b.items()} for b in batches
@@ -287,6 +290,7 @@ def _jpeg_stream(
     views,
     num_threads,
     skip_bad_images,
+    min_crop_area,
 ):
     """The tf.data graph from `first_step`, as a numpy iterator."""
     import tensorflow as tf  # noqa: PLC0415
@@ -346,7 +350,9 @@ def _jpeg_stream(
     def decode(x):
         out = {"labels": tf.where(x["mask"], x["label"], -1)}
         if views:
-            crops = preprocess.random_views(x["encoded"], x["seed"], image_size, views)
+            crops = preprocess.random_views(
+                x["encoded"], x["seed"], image_size, views, min_crop_area
+            )
             names = ("view1", "view2") if views == 2 else ("images",)
             out.update(zip(names, crops, strict=True))
         else:

@@ -16,17 +16,19 @@ import math
 
 import tensorflow as tf
 
-AREA_RANGE = (0.08, 1.0)
+MIN_AREA = 0.08
 LOG_ASPECT_RANGE = (math.log(3 / 4), math.log(4 / 3))
 EVAL_CROP_FRACTION = 224 / 256
 
 
-def random_crop_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def random_crop_window(
+    shape: tf.Tensor, seed: tf.Tensor, min_area: float = MIN_AREA
+) -> tf.Tensor:
     """A random-resized-crop window ``[top, left, height, width]`` in the image."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     height, width = shape[0], shape[1]
     area = tf.cast(height * width, tf.float32)
-    target_area = tf.random.stateless_uniform([], seeds[0], *AREA_RANGE) * area
+    target_area = tf.random.stateless_uniform([], seeds[0], min_area, 1.0) * area
     aspect = tf.exp(tf.random.stateless_uniform([], seeds[1], *LOG_ASPECT_RANGE))
     crop_w = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
     crop_h = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
@@ -76,13 +78,14 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def random_views(encoded: tf.Tensor, seed: tf.Tensor, size: int, num_views: int):
+def random_views(encoded, seed, size: int, num_views: int, min_area=MIN_AREA):
     """`num_views` independent random-resized crops ``[size, size, 3]`` of an image."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num_views)
     return [
         resize(
             decode_and_crop(
-                encoded, lambda shape, s=seeds[i]: random_crop_window(shape, s)
+                encoded,
+                lambda shape, s=seeds[i]: random_crop_window(shape, s, min_area),
             ),
             size,
         )
