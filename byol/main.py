@@ -108,6 +108,8 @@ def main(argv) -> None:
     del argv
     # Orbax and tfds log every file they touch at INFO; the progress line is ours.
     logging.set_verbosity(logging.WARNING)
+    # TensorFlow's C++ logs (oneDNN notices, ...) before it is imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     set_cpu_flags(_CPU_DEVICES.value)
     quiet_orbax_leftovers()
     from byol import checkpointing  # noqa: PLC0415  (after the XLA flags)

@@ -37,6 +37,8 @@ KNN_K = (20, 200)
 KNN_TEMPERATURE = 0.07  # InstDisc's, solo-learn's default
 FEW_LABEL_FRACTIONS = (0.01, 0.1)
 FEW_LABEL_DRAWS = 3
+# Fewer labels want stronger penalties; still chosen on `val`.
+FEW_LABEL_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 class ProbeResult(NamedTuple):
@@ -227,7 +229,11 @@ def few_label_probe(train, val, test, num_classes, fraction, draws, seed=0):
     for _ in range(draws):
         subset = few_label_subset(train[1], fraction, rng)
         result = linear_probe(
-            (train[0][subset], train[1][subset]), val, test, num_classes
+            (train[0][subset], train[1][subset]),
+            val,
+            test,
+            num_classes,
+            l2_grid=FEW_LABEL_L2_GRID,
         )
         top1.append(result.top1)
     return {

@@ -987,6 +987,7 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     from byol.xla_flags import set_cpu_flags  # noqa: PLC0415
 
     set_cpu_flags(2)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children inherit it
     byol_main.quiet_orbax_leftovers()
     from byol import config_checks  # noqa: PLC0415  (after the XLA flags)
 
