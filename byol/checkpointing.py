@@ -34,7 +34,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
+
+from byol import distributed
 
 PyTree = Any
 CORRUPT_SUFFIX = ".corrupt"
@@ -206,7 +207,7 @@ class Checkpointer:
         """With several processes: all see the checkpoints process 0 set aside."""
         if self.read_only or jax.process_count() == 1:
             return
-        multihost_utils.sync_global_devices("byol_checkpoints_set_aside")
+        distributed.barrier("byol_checkpoints_set_aside")
         self._manager.reload()
 
     def _path(self, step: int) -> str:

@@ -39,6 +39,14 @@ _CPU_DEVICES = flags.DEFINE_integer(
     2,
     "Devices to split a CPU into (XLA host platform). Two devices ran the demo "
     "step 1.1x faster than one on a 2-core CPU; ignored on GPU/TPU.",
+    lower_bound=1,
+)
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids",
+    None,
+    "Multi-process runs: the local GPUs this process drives, e.g. 0,1,2,3,4,5,6,7 "
+    "for one process per node (or $JAX_LOCAL_DEVICE_IDS); default: one process "
+    "per GPU, as byol.distributed explains.",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address",
@@ -116,7 +124,10 @@ def main(argv) -> None:
 
     try:
         distributed.initialize(
-            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            _device_ids(_LOCAL_DEVICE_IDS.value),
         )
         run(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as error:  # bad input
@@ -131,6 +142,17 @@ def main(argv) -> None:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def _device_ids(values: list[str] | None) -> list[int] | None:
+    if not values:
+        return None
+    if not all(v.strip().isdigit() for v in values):
+        raise ValueError(
+            f"--local_device_ids {','.join(values)!r} invalid; expected GPU "
+            "indices, e.g. 0,1,2,3"
+        )
+    return [int(v) for v in values]
 
 
 def quiet_orbax_leftovers() -> None:

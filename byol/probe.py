@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from byol import metrics
+from byol import distributed, metrics
 from byol.data import pipeline
 
 # L2 penalties tried on the validation part; the best one is reported.
@@ -99,6 +99,7 @@ def from_all_processes(arrays):
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
     leaves, tree = jax.tree.flatten(arrays)
+    distributed.barrier("byol_features")  # shards take unequal time
     counts = multihost_utils.process_allgather(np.int32(len(leaves[0])))
     longest = int(counts.max())
     # process_allgather takes the same shape everywhere: pad, gather, trim.

@@ -24,7 +24,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from byol import checkpointing, config_checks, parallel, probe, reporting
+from byol import (
+    checkpointing,
+    config_checks,
+    distributed,
+    parallel,
+    probe,
+    reporting,
+)
 from byol import run_dir as run_dirs
 from byol.data import device, pipeline
 
@@ -153,12 +160,16 @@ def _restore_or_init(job: _Job, checkpointer) -> _Run:
     start_step = restored.step if restored else 0
     batches = device.prefetch_to_device(_train_batches(config, start_step), size=2)
     first = next(batches)
+    distributed.barrier("byol_init")
     if restored:
         state = parallel.replicate(restored.state)
         if jax.process_index() == 0:
             print(f"Resumed from step {start_step} in {checkpointer.directory}")
     else:
         state = job.experiment.init(jax.random.key(config.seed), first)
+    # Every process waits for the others before the first step's all-reduce:
+    # gloo gives a late one only 30 s.
+    distributed.barrier("byol_first_step")
     guard = NonFiniteGuard(
         skip=config.training.skip_nonfinite_updates,
         skipped=restored.metadata.get("skipped_updates", 0) if restored else 0,

@@ -584,8 +584,11 @@ def _children_cpu_seconds() -> float:
     return usage.children_user + usage.children_system
 
 
-def raw_pixels(results_dir: str, data_dir: str | None = None) -> dict:
-    """The suite on raw pixels (the bar every encoder should clear), cached."""
+def raw_pixels(results_dir: str, data: dict) -> dict:
+    """The suite on raw pixels (the bar every encoder should clear), cached.
+
+    `data` is the runs' config ``data`` section (which dataset, where).
+    """
     path = os.path.join(results_dir, "raw_pixels.json")
     if os.path.exists(path):
         return _read_json(path)
@@ -594,8 +597,7 @@ def raw_pixels(results_dir: str, data_dir: str | None = None) -> dict:
     from byol import probe, run_dir  # noqa: PLC0415
 
     config = small_config(1)
-    if data_dir:
-        config.data.data_dir = data_dir
+    config.data.update(data)
     info = run_dir.dataset_info(config)
 
     def pixels(x):
@@ -881,8 +883,13 @@ def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
     plt.close(fig)
 
 
-def write_report(records: Sequence[dict], results_dir: str, pixels=None) -> dict:
-    """Writes table.md, table.csv and study.png from the records; their paths."""
+def write_report(records: Sequence[dict], results_dir: str) -> dict:
+    """Writes table.md, table.csv and study.png from the records; their paths.
+
+    The raw-pixels row comes from `raw_pixels.json` when the study wrote it.
+    """
+    pixels_path = os.path.join(results_dir, "raw_pixels.json")
+    pixels = _read_json(pixels_path) if os.path.exists(pixels_path) else None
     rows = summarise(records)
     first = records[0]["config"]
     header = (
@@ -1019,8 +1026,9 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     small = [r for r in records if r["config"]["data"]["dataset"] == "fashion_mnist"]
-    pixels = raw_pixels(results_dir, holders["data_dir"].value) if small else None
-    paths = write_report(records, results_dir, pixels)
+    if small and not holders["table_only"].value:
+        raw_pixels(results_dir, small[0]["config"]["data"])
+    paths = write_report(records, results_dir)
     with open(paths["markdown"]) as f:
         print("\n" + f.read())
     print(f"Table: {paths['markdown']}, {paths['csv']}; figure: {paths['figure']}")
