@@ -1,18 +1,23 @@
-"""XLA flags for running on a CPU; set them before JAX starts its backends."""
+"""XLA flags for running on a CPU; set them before JAX starts its backends.
+
+Measured on the demo's step, 2-core CPU (docs/speed.md): no YNNPACK library
+fusions (XLA 0.10's default ones ran it 1.6x slower; its filter gradients are
+slower than XLA's), and kept optimisation barriers on the conv inputs
+(`byol.networks`), 1.12x faster. A flag the installed XLA does not know makes
+it abort at start, so each is set only where XLA defines it.
+"""
 
 from __future__ import annotations
 
+import functools
+import glob
+import importlib.util
+import mmap
 import os
 import pkgutil
 
-# Measured on the demo's step, 2-core CPU (README, Speed). No YNNPACK library
-# fusions: with XLA 0.10's default ones the step ran 1.6x slower, with YNN
-# convolutions only 1.15x slower (its filter gradients are slower than XLA's).
 _NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
-# Keeps `jax.lax.optimization_barrier`s, so a conv's filter gradient
-# transposes its stored input (`byol.networks._stored`): 1.12x faster. A
-# flag of every backend, so set only where JAX can run on nothing but the CPU:
-# its effect on GPU/TPU programs is not measured.
+# A flag of every backend: set only where JAX can run on nothing but the CPU.
 _KEEP_BARRIERS = "--xla_disable_hlo_passes=cse_barrier_expander"
 _ACCELERATOR_PACKAGES = ("libtpu", "jax_cuda", "jax_rocm")
 
@@ -27,21 +32,33 @@ def _cpu_only() -> bool:
     )
 
 
-def set_cpu_flags(cpu_devices: int) -> None:
-    """Sets XLA's CPU flags; must run before JAX initialises its backends.
+@functools.cache
+def xla_knows(flag: str) -> bool:
+    """Whether the installed XLA defines `flag` (its name is in jaxlib's library)."""
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.origin:
+        return False
+    name = flag.lstrip("-").split("=")[0].encode()
+    for library in glob.glob(os.path.join(os.path.dirname(spec.origin), "*.so")):
+        with open(library, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                continue
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as contents:
+                if contents.find(name) != -1:
+                    return True
+    return False
 
-    Flags already in `XLA_FLAGS` win. The CPU flags are ignored by GPU/TPU
-    backends; the one that keeps optimisation barriers is added only where
-    no GPU/TPU plugin is installed (or `JAX_PLATFORMS=cpu`).
+
+def set_cpu_flags(cpu_devices: int) -> None:
+    """Sets XLA's CPU flags (the user's `XLA_FLAGS` win), before JAX starts.
 
     Args:
         cpu_devices: devices to split the host CPU into.
-
-    Example:
-        >>> set_cpu_flags(2)  # then the first `jax.devices()`  # doctest: +SKIP
     """
     flags_now = os.environ.get("XLA_FLAGS", "")
-    extra = [_NO_YNN] if "ynn_fusion" not in flags_now else []
+    extra = []
+    if "ynn_fusion" not in flags_now and xla_knows(_NO_YNN):
+        extra.append(_NO_YNN)
     if "xla_disable_hlo_passes" not in flags_now and _cpu_only():
         extra.append(_KEEP_BARRIERS)
     if "host_platform_device_count" not in flags_now:

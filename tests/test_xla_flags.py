@@ -70,6 +70,42 @@ print(jax.jit(grad).lower(params).compile().as_text().count("opt-barrier"))
 """
 
 
+def test_a_flag_the_installed_xla_lacks_is_not_set(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert xla_flags.xla_knows(NO_YNN)  # jaxlib 0.10+ defines it
+    assert not xla_flags.xla_knows("--xla_no_such_flag_in_any_version=1")
+    monkeypatch.setattr(xla_flags, "xla_knows", lambda flag: False)
+    xla_flags.set_cpu_flags(2)
+    assert os.environ["XLA_FLAGS"] == f"{KEEP} {TWO}"
+
+
+def _barriers_traced(monkeypatch, backend):
+    import haiku as hk  # noqa: PLC0415
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from byol import networks  # noqa: PLC0415
+    from byol.normalization import NormConfig  # noqa: PLC0415
+
+    monkeypatch.setattr(networks.jax, "default_backend", lambda: backend)
+    net = hk.transform_with_state(
+        lambda x: networks.ResNet18(norm=NormConfig("gn", num_groups=2))(x, True)
+    )
+    x = jnp.ones((1, 32, 32, 3))
+    params, state = jax.eval_shape(net.init, jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda p, s: net.apply(p, s, None, x)[0])(params, state)
+    return str(jaxpr).count("optimization_barrier")
+
+
+def test_conv_input_barriers_only_in_cpu_programs(monkeypatch):
+    # Every conv input of ResNet-18 is stored on CPU: the stem's, and 2 per
+    # block (its input, which a shortcut conv shares, and the inner one).
+    assert _barriers_traced(monkeypatch, "cpu") == 1 + 2 * 8
+    assert _barriers_traced(monkeypatch, "gpu") == 0
+    assert _barriers_traced(monkeypatch, "tpu") == 0
+
+
 def test_conv_inputs_stay_stored_through_compilation():
     """The block's 2 conv inputs keep their barriers in XLA:CPU's program."""
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
