@@ -1,8 +1,9 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-# Both install what they need into .venv first (Python 3.10+ is all it takes).
+# Both install what they need into .venv first (Python 3.11+ is all it takes).
+# Another Python: `make test PYTHON=python3.12 VENV=.venv312`.
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= data
 
@@ -24,8 +25,9 @@ format: install
 	$(VENV)/bin/ruff format byol configs experiments tests
 	$(VENV)/bin/ruff check --fix byol configs experiments tests
 
+# The tests, and the examples in the library's docstrings.
 test: lint
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --doctest-modules tests byol
 
 # The main job: pre-train GN+WS BYOL on Fashion-MNIST and compare linear probes.
 demo: install fashion_mnist

@@ -11,14 +11,17 @@ setuptools.setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["byol", "byol.*"]),
-    python_requires=">=3.10",
+    # configs/ too: shipped configs (and a user's that imports them) load
+    # from any directory.
+    packages=setuptools.find_packages(include=["byol", "byol.*", "configs"]),
+    python_requires=">=3.11",
     install_requires=[
         "absl-py>=2.1",
         "chex>=0.1.90",
-        "dm-haiku>=0.0.14",
+        "dm-haiku>=0.0.17",
         "dm-pix>=0.4.4",
-        "jax>=0.6",
+        # Tested: 0.10.2 (Python 3.11's newest) and 0.12 (Python 3.12's).
+        "jax>=0.10.2,<0.13",
         "ml-collections>=1.0",
         "numpy>=1.26",
         "optax>=0.2.5",

@@ -457,3 +457,30 @@ def test_pretrain_workdir_of_another_architecture_is_refused(tmp_path):
         f"workdir {workdir} holds checkpoints of another config: model.encoder "
         "was 'tiny', now 'resnet18'; use a new --workdir or the same config"
     )
+
+
+def test_shipped_and_own_configs_load_from_any_directory(tmp_path):
+    """`configs` is installed with the package: no repo on the path is needed."""
+    own = tmp_path / "mine.py"
+    own.write_text(
+        "from configs import fashion_mnist\n\n\n"
+        "def get_config():\n"
+        "    return fashion_mnist.get_config('bn')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for config in (os.path.join(REPO, "configs", "fashion_mnist.py"), str(own)):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "byol.main",
+                f"--config={config}",
+                f"--workdir={tmp_path / 'w'}",
+                "--config.training.batch_size=15",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        _assert_one_line_error(result, "training.batch_size 15 is not divisible")
