@@ -7,7 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= data
 
-.PHONY: install test lint format demo fashion_mnist benchmark benchmark_resnets study clean
+.PHONY: install test lint format demo fashion_mnist benchmark benchmark_resnets \
+	benchmark_input gpu_wheels study clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +53,18 @@ benchmark_resnets: install
 				--steps=2 --windows=2 --json_out=benchmarks/$$name.json; \
 		done; done; \
 	done
+
+# The JPEG input pipeline, stage by stage, on a folder of generated photo-like
+# JPEGs (made once in workdirs/benchmark_input).
+benchmark_input: install
+	$(PY) -m experiments.benchmark_input
+
+# What a CUDA jax image lacks for experiments/gpu_check.sh (pure-Python
+# wheels, ~1 MiB): carry .whl/ to the GPU machine with the checkout.
+GPU_WHEELS := dm-haiku==0.0.17 jmp==0.0.4 ml-collections==1.1.0 dm-pix==0.4.5
+gpu_wheels: install
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .whl $(GPU_WHEELS)
+	@ls -la .whl
 
 # The normalisation study at the small scale (README "Reproducing the paper").
 study: install fashion_mnist

@@ -56,7 +56,7 @@ from absl import app, flags, logging
 
 from byol import byol_experiment, config_checks
 from byol import main as byol_main
-from byol.data import catalog, device, pipeline
+from byol.data import catalog, device  # no TensorFlow: --synthetic runs without it
 
 # Classes of the datasets a synthetic batch can stand in for (labels only).
 _NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000}
@@ -113,10 +113,14 @@ def num_classes(config: ml_collections.ConfigDict, synthetic: bool) -> int:
     """Classes of the config's dataset (a synthetic run reads no dataset)."""
     if synthetic:
         return _NUM_CLASSES.get(catalog.base_name(config.data.dataset), 10)
+    from byol.data import pipeline  # noqa: PLC0415
+
     return pipeline.dataset_info(config.data.dataset, config.data.data_dir).num_classes
 
 
 def _train_batches(config, batch_dims) -> Iterator[dict[str, np.ndarray]]:
+    from byol.data import pipeline  # noqa: PLC0415
+
     return pipeline.load(
         config.data.dataset,
         "train",

@@ -172,7 +172,7 @@ def load(
     start, end = sampling.shard_bounds(
         source.num_examples, process_index, process_count
     )
-    plan, stop = _plan(
+    plan, stop = batch_plan(
         source, start, end, batch, is_training, seed, process_index, process_count
     )
     if source.fixed_size:
@@ -195,7 +195,9 @@ def load(
     )
 
 
-def _plan(source, start, end, batch, is_training, seed, process_index, process_count):
+def batch_plan(
+    source, start, end, batch, is_training, seed, process_index, process_count
+):
     """``plan(step) -> (indices, mask or None, crop seeds or None)`` and the stop step.
 
     Training is endless and shuffled; evaluation is one pass in order, padded
@@ -245,11 +247,16 @@ def _jpeg_batches(source, plan, start_step, stop, **options):
     """
     import tensorflow as tf  # noqa: PLC0415
 
+    skip_bad_images = options.pop("skip_bad_images")
     undecodable: set[int] = set()
-    iterator, step = (
-        _jpeg_stream(source, plan, start_step, stop, undecodable, **options),
-        start_step,
-    )
+
+    def stream(first_step):
+        dataset = jpeg_dataset(
+            source, plan, first_step, stop, frozenset(undecodable), **options
+        )
+        return dataset.as_numpy_iterator()
+
+    iterator, step = stream(start_step), start_step
     while stop is None or step < stop:
         try:
             out = next(iterator)
@@ -259,7 +266,7 @@ def _jpeg_batches(source, plan, start_step, stop, **options):
             culprits = _find_undecodable(source, plan(step)[0])
             if not culprits or undecodable.issuperset(culprits):
                 raise
-            if not options["skip_bad_images"]:
+            if not skip_bad_images:
                 raise ValueError(
                     next(iter(culprits.values()))
                     + "; remove it or set data.skip_corrupt_images=True to leave "
@@ -272,39 +279,44 @@ def _jpeg_batches(source, plan, start_step, stop, **options):
             # tf.data iterators left to interpreter exit can hang it.
             iterator = error = None
             gc.collect()
-            iterator = _jpeg_stream(source, plan, step, stop, undecodable, **options)
+            iterator = stream(step)
             continue
         yield out
         step += 1
 
 
-def _jpeg_stream(
+def jpeg_dataset(
     source,
     plan,
-    first_step,
-    stop,
-    undecodable,
+    first_step: int,
+    stop: int | None,
+    undecodable=frozenset(),
     *,
-    batch,
-    image_size,
-    views,
-    num_threads,
-    skip_bad_images,
-    min_crop_area,
+    batch: int,
+    image_size: int,
+    views: int,
+    num_threads: int,
+    min_crop_area: float = 0.08,
+    upto: str = "batch",
 ):
-    """The tf.data graph from `first_step`, as a numpy iterator."""
+    """The tf.data graph of a JPEG source from `first_step`, every stage parallel.
+
+    ``plan`` (batch indices, in numpy, a call per batch) → ``read`` (bytes of
+    files, or of records a batch per call) → ``decode`` (fused with the crop,
+    resized; `views` 2 or 1 training crops, 0 the evaluation crop) →
+    ``batch``. `upto` stops after a stage (the input benchmark times each).
+    """
     import tensorflow as tf  # noqa: PLC0415
 
     from byol.data import preprocess  # noqa: PLC0415
 
     _hide_accelerators_from_tf()
-    skip = frozenset(undecodable)
     parallel = dict(num_parallel_calls=num_threads, deterministic=True)
 
-    def plan_batch(step):  # numpy, one call per batch
+    def plan_batch(step):
         indices, mask, seeds = plan(int(step))
-        if skip:
-            indices, mask = _replace_undecodable(indices, mask, skip)
+        if undecodable:
+            indices, mask = _replace_undecodable(indices, mask, undecodable)
         if mask is None:
             mask = np.ones(len(indices), bool)
         if seeds is None:
@@ -321,31 +333,15 @@ def _jpeg_stream(
             mask=tf.ensure_shape(mask, [batch]),
         )
 
-    ds = tf.data.Dataset.range(first_step, 2**62 if stop is None else stop)
-    ds = ds.map(planned)
-    if source.paths is not None:  # image folder: the graph reads the files
-        paths, labels = tf.constant(list(source.paths)), tf.constant(source.labels)
-        ds = ds.unbatch().map(
-            lambda x: dict(
-                x,
-                encoded=tf.io.read_file(tf.gather(paths, x["index"])),
-                label=tf.gather(labels, x["index"]),
-            ),
-            **parallel,
+    def read_records(x):  # tfds records, read by index
+        encoded, label = tf.numpy_function(
+            source.read_encoded, [x["index"]], (tf.string, tf.int32)
         )
-    else:  # tfds records, read by index, a batch per call
-
-        def read(x):
-            encoded, label = tf.numpy_function(
-                source.read_encoded, [x["index"]], (tf.string, tf.int32)
-            )
-            return dict(
-                x,
-                encoded=tf.ensure_shape(encoded, [batch]),
-                label=tf.ensure_shape(label, [batch]),
-            )
-
-        ds = ds.map(read, **parallel).unbatch()
+        return dict(
+            x,
+            encoded=tf.ensure_shape(encoded, [batch]),
+            label=tf.ensure_shape(label, [batch]),
+        )
 
     def decode(x):
         out = {"labels": tf.where(x["mask"], x["label"], -1)}
@@ -360,13 +356,31 @@ def _jpeg_stream(
             out["mask"] = x["mask"]
         return out
 
-    ds = ds.map(decode, **parallel)
-    ds = ds.batch(batch, drop_remainder=True, **parallel).prefetch(2)
+    ds = tf.data.Dataset.range(first_step, 2**62 if stop is None else stop)
+    ds = ds.map(planned)
+    if upto != "plan":
+        if source.paths is not None:  # image folder: the graph reads the files
+            paths = tf.constant(list(source.paths))
+            labels = tf.constant(source.labels)
+            ds = ds.unbatch().map(
+                lambda x: dict(
+                    x,
+                    encoded=tf.io.read_file(tf.gather(paths, x["index"])),
+                    label=tf.gather(labels, x["index"]),
+                ),
+                **parallel,
+            )
+        else:
+            ds = ds.map(read_records, **parallel).unbatch()
+    if upto in ("decode", "batch"):
+        ds = ds.map(decode, **parallel)
+    if upto == "batch":
+        ds = ds.batch(batch, drop_remainder=True, **parallel).prefetch(2)
     options = tf.data.Options()
     options.deterministic = True
     options.threading.private_threadpool_size = num_threads
     options.threading.max_intra_op_parallelism = 1
-    return ds.with_options(options).as_numpy_iterator()
+    return ds.with_options(options)
 
 
 def _replace_undecodable(indices, mask, undecodable):
