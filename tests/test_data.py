@@ -467,12 +467,23 @@ def test_unreadable_file_named_before_any_batch(tmp_path):
     assert info.num_examples["train"] == 3
 
 
+def _garble(path):
+    """A flipped byte in a PNG's pixel data: bad CRC, its ends still right."""
+    with open(path, "rb") as f:
+        png = bytearray(f.read())
+    png[len(png) // 2] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(png)
+
+
 @pytest.fixture(scope="module")
 def garbled_folder(tmp_path_factory):
-    """good/ and bad/ classes: bad/x.png ends as a PNG should but fails to decode.
+    """good/ and bad/ classes: bad/x.png garbled after the folder was scanned.
 
-    Its label (class 0, "bad") appears on no other image, so a batch holding
-    that label holds the garbled image.
+    The scan (which decodes every file) saw it whole, so it fails while the
+    stream decodes it, as a file damaged during a run would. Its label
+    (class 0, "bad") appears on no other image, so a batch holding that label
+    holds the garbled image.
     """
     root = str(tmp_path_factory.mktemp("garbled"))
     rng = np.random.default_rng(2)
@@ -481,11 +492,24 @@ def garbled_folder(tmp_path_factory):
     for i in range(11):
         image = rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)
         _write_image(os.path.join(root, "good", f"{i}.png"), image)
-    png = bytearray(tf.io.encode_png(tf.constant(image)).numpy())
-    png[len(png) // 2] ^= 0xFF  # a flipped byte in the pixel data: bad CRC
-    with open(os.path.join(root, "bad", "x.png"), "wb") as f:
-        f.write(png)
+    _write_image(os.path.join(root, "bad", "x.png"), image)
+    for skip in (False, True):
+        pipeline.dataset_info(f"image_folder:{root}", skip_bad_images=skip)
+    _garble(os.path.join(root, "bad", "x.png"))
     return root
+
+
+def test_garbled_image_is_named_before_any_batch(tmp_path):
+    root = str(tmp_path)
+    image = np.random.default_rng(3).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    for i in range(3):
+        _write_image(os.path.join(root, "good", f"{i}.png"), image)
+    _garble(os.path.join(root, "good", "1.png"))
+    with pytest.raises(ValueError) as caught:
+        pipeline.dataset_info(f"image_folder:{root}")
+    assert str(caught.value).startswith(
+        f"{os.path.join(root, 'good', '1.png')} is truncated or corrupt ("
+    )
 
 
 def test_garbled_image_is_named_mid_stream(garbled_folder):

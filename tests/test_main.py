@@ -393,7 +393,7 @@ RUN_ERRORS = {
     "empty .png": (
         _folder_case("empty.png", b""),
         ValueError,
-        "{root}/cats/empty.png is not a JPEG/PNG/GIF/BMP image",
+        "{root}/cats/empty.png is empty (0 bytes)",
     ),
     "truncated png": (
         _truncated_png,

@@ -1,30 +1,29 @@
 """A folder of the user's own images as a dataset (``image_folder:/path``).
 
-Layout (the same as tfds's ImageFolder, with two relaxations):
+Layout (tfds's ImageFolder, with two relaxations):
 
-* If the folder has a ``train/`` subfolder, its subfolders are splits:
-  ``train/`` and, for ``test``, the first of ``test/``, ``validation/``,
-  ``val/``. Otherwise the whole folder is ``train`` and there is no ``test``.
-* Inside a split, images in a subfolder ``<class>/`` (at any depth below it)
-  get that class's label (classes sorted by name, over all splits); images
-  directly in the split folder get label -1 (unlabelled). A folder without
-  class subfolders is therefore an unlabelled pre-training set.
-* Files are recognised by extension (.jpg .jpeg .png .gif .bmp, any case);
-  other files and hidden entries are ignored.
+* A folder with a ``train/`` subfolder has splits: ``train/`` and, as
+  ``test``, the first of ``test/``, ``validation/``, ``val/``. Otherwise the
+  whole folder is ``train`` and there is no ``test``.
+* Inside a split, images below a subfolder ``<class>/`` (at any depth;
+  symbolic links followed) get that class's label, classes sorted by name;
+  images directly in the split folder are unlabelled (-1): a folder without
+  class subfolders is an unlabelled pre-training set. Pre-training uses
+  unlabelled images; the probes and linear evaluation leave them out.
+* Files are images by extension (.jpg .jpeg .png .gif .bmp, any case);
+  others and hidden entries are ignored. Grayscale, alpha, 16-bit and CMYK
+  images become 8-bit RGB. EXIF orientation is not applied (as tfds and the
+  reference pipeline): images are used as stored.
 
-Bad files are found at load time, before any batch: a file that cannot be
-read, whose first bytes are not an image format's signature, or whose end is
-not the format's end (a truncated copy) and which then fails to decode
-(`verify`). The first is named in a ValueError, or, with ``skip_bad_images``
-(config: ``data.skip_corrupt_images``), every one is left out with a warning
-naming it. A file whose ends look right but whose body is garbled is found
-while decoding; the input pipeline names it, or skips it likewise.
+Bad files are found before any batch: one that cannot be read, is empty, has
+no image format's signature, or does not decode cleanly (the whole file is
+decoded once, `byol.data.sources.decode_errors`, which also catches a body
+that libjpeg only warns about and fills in grey). The first is named in a
+ValueError, or, with ``skip_bad_images`` (``data.skip_corrupt_images``), each
+is left out with a warning naming it.
 
 Examples are ordered by a hash of their relative path (a fixed pseudo-random
-order that does not depend on the listing), and ``val`` is the last 10% of
-``train`` in that order (at most 10,000). Pure Python; the scan reads the
-first 16 and the last 12 bytes of each file (and decodes those that look
-truncated), once per process and folder.
+order), and ``val`` is the last 10% of ``train`` in it (at most 10,000).
 """
 
 from __future__ import annotations
@@ -48,8 +47,7 @@ class Folder:
 
     Attributes:
       root: the folder.
-      paths: per source split (``'train'``, maybe ``'test'``), the image paths
-        in their fixed order.
+      paths: per source split (``train``, maybe ``test``), image paths in order.
       labels: per source split, int32 labels (-1: unlabelled).
       class_names: sorted class names; label ``i`` is ``class_names[i]``.
     """
@@ -66,9 +64,14 @@ class Folder:
 
 
 def _list_images(split_dir: str) -> list[tuple[str, str]]:
-    """Returns (relative path, class or '') of the images under `split_dir`."""
-    found = []
-    for parent, dirs, files in os.walk(split_dir):
+    """(relative path, class or '') of the images under `split_dir`."""
+    found, seen = [], set()
+    for parent, dirs, files in os.walk(split_dir, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel_parent = os.path.relpath(parent, split_dir)
         label = "" if rel_parent == "." else rel_parent.split(os.sep)[0]
@@ -78,87 +81,75 @@ def _list_images(split_dir: str) -> list[tuple[str, str]]:
     return found
 
 
-def _looks_complete(head: bytes, tail: bytes, size: int) -> bool:
-    """Whether a file ends as its format says a whole image ends."""
-    if head.startswith(b"\xff\xd8"):
-        return tail.endswith(b"\xff\xd9")  # JPEG end-of-image marker
-    if head.startswith(b"\x89PNG"):
-        return tail.endswith(b"IEND\xaeB`\x82")  # PNG's IEND chunk
-    if head.startswith(b"GIF"):
-        return tail.endswith(b";")  # GIF trailer
-    # BMP: the header's file size.
-    return len(head) >= 6 and int.from_bytes(head[2:6], "little") <= size
-
-
-def check_image(path: str, verify=None) -> str | None:
-    """Why `path` is not a usable image, or None if it looks like one.
-
-    Args:
-      path: an image file.
-      verify: optional ``verify(path) -> str | None`` (e.g. a full decode),
-        called only for a file that does not end as its format says, since
-        some writers append bytes after a complete image.
-
-    Returns:
-      A reason, such as ``"cannot be read (Permission denied)"``, or None.
-
-    Example:
-      >>> check_image('/path/to/photo.jpg')  # doctest: +SKIP
-    """
+def check_image(path: str) -> str | None:
+    """Why `path` is not a usable image by its first bytes, or None."""
     try:
         with open(path, "rb") as f:
             head = f.read(16)
             size = f.seek(0, os.SEEK_END)
-            f.seek(max(size - 12, 0))
-            tail = f.read()
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
+    if size == 0:
+        return "is empty (0 bytes)"
     if not head.startswith(_SIGNATURES):
         return "is not a JPEG/PNG/GIF/BMP image (bad file signature)"
-    if _looks_complete(head, tail, size):
-        return None
-    if verify is None:
-        return "is truncated (it does not end as its format says)"
-    reason = verify(path)
-    return None if reason is None else f"is truncated or corrupt ({reason})"
+    return None
 
 
 def _order_key(relative_path: str) -> bytes:
     return hashlib.md5(relative_path.encode("utf-8")).digest()
 
 
+def _split_dirs(root: str) -> dict[str, str]:
+    if not os.path.isdir(os.path.join(root, "train")):
+        return {"train": root}
+    dirs = {"train": os.path.join(root, "train")}
+    for name in _TEST_DIRS:
+        if os.path.isdir(os.path.join(root, name)):
+            return {**dirs, "test": os.path.join(root, name)}
+    return dirs
+
+
+def _check_classes(listed: dict, split_dirs: dict) -> None:
+    """Test classes must be training classes; loose files among classes warn."""
+    train = {c for _, c in listed["train"]} - {""}
+    extra = sorted({c for _, c in listed.get("test", [])} - {""} - train)
+    if extra:
+        raise ValueError(
+            f"class {extra[0]!r} of {split_dirs['test']} has no images in "
+            f"{split_dirs['train']}, so nothing can learn it; add some there or "
+            "remove it from the test split"
+        )
+    for split, items in listed.items():
+        loose = [rel for rel, c in items if not c]
+        if loose and len(loose) < len(items):
+            logging.warning(
+                "%d images directly in %s (e.g. %s) have no class folder: "
+                "pre-training uses them unlabelled, the probes leave them out",
+                len(loose),
+                split_dirs[split],
+                loose[0],
+            )
+
+
 @functools.lru_cache(maxsize=8)  # every `load` opens its split
 def scan(root: str, skip_bad_images: bool = False, verify=None) -> Folder:
-    """Lists and checks the images of a folder.
+    """Lists and checks the images of a folder (layout: the module docstring).
 
-    Args:
-      root: the folder (see the module docstring for its layout).
-      skip_bad_images: leave out files that are not usable images (with a
-        warning naming each) instead of raising.
-      verify: see `check_image`.
-
-    Returns:
-      The `Folder`.
+    ``verify(paths) -> {path: reason}`` decodes the files that passed the
+    byte checks and names those that do not decode cleanly.
 
     Raises:
-      FileNotFoundError: if `root` is not a directory or holds no images.
-      ValueError: naming the first file that is not a usable image, and how
-        many others there are (unless skipped).
-
-    Example:
-      >>> folder = scan('/path/to/photos')  # doctest: +SKIP
-      >>> folder.paths['train'][:2]  # doctest: +SKIP
+      FileNotFoundError: `root` is not a directory or holds no images.
+      ValueError: naming the first file that is not a usable image and how
+        many others there are (unless skipped), or a test class that
+        training lacks.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root} not found (not a directory)")
-    split_dirs = {"train": root}
-    if os.path.isdir(os.path.join(root, "train")):
-        split_dirs = {"train": os.path.join(root, "train")}
-        for name in _TEST_DIRS:
-            if os.path.isdir(os.path.join(root, name)):
-                split_dirs["test"] = os.path.join(root, name)
-                break
+    split_dirs = _split_dirs(root)
     listed = {split: _list_images(d) for split, d in split_dirs.items()}
+    _check_classes(listed, split_dirs)
     class_names = tuple(
         sorted({c for items in listed.values() for _, c in items} - {""})
     )
@@ -166,24 +157,23 @@ def scan(root: str, skip_bad_images: bool = False, verify=None) -> Folder:
     paths, labels, bad = {}, {}, []
     for split, items in listed.items():
         items.sort(key=lambda item: _order_key(item[0]))
-        full = [os.path.join(split_dirs[split], rel) for rel, _ in items]
-        keep = []
-        for path in full:
-            reason = check_image(path, verify)
-            if reason is not None:
+        kept = []
+        for rel, label in items:
+            path = os.path.join(split_dirs[split], rel)
+            reason = check_image(path)
+            if reason is None:
+                kept.append((path, class_index[label] if label else -1))
+            else:
                 bad.append(f"{path} {reason}")
-            keep.append(reason is None)
-        paths[split] = np.array(
-            [p for p, k in zip(full, keep, strict=True) if k], dtype=object
-        )
-        labels[split] = np.array(
-            [
-                class_index[c] if c else -1
-                for (_, c), k in zip(items, keep, strict=True)
-                if k
-            ],
-            dtype=np.int32,
-        )
+        failed = verify([p for p, _ in kept]) if verify and kept else {}
+        bad += [
+            f"{path} is truncated or corrupt ({failed[path]})"
+            for path, _ in kept
+            if path in failed
+        ]
+        kept = [(p, label) for p, label in kept if p not in failed]
+        paths[split] = np.array([p for p, _ in kept], dtype=object)
+        labels[split] = np.array([label for _, label in kept], dtype=np.int32)
     if bad and not skip_bad_images:
         others = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
         raise ValueError(

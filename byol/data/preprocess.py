@@ -94,8 +94,12 @@ def random_views(encoded, seed, size: int, num_views: int, min_area=MIN_AREA):
 
 
 def center_view(encoded: tf.Tensor, size: int, fraction: float = EVAL_CROP_FRACTION):
-    """The evaluation view: the centre crop, resized to ``size``."""
-    return resize(
-        decode_and_crop(encoded, lambda shape: center_crop_window(shape, fraction)),
-        size,
-    )
+    """The evaluation view: the centre crop, resized to ``size``.
+
+    The whole image is decoded (not only the window, as for training crops),
+    so that a corrupt body raises (naming the file) instead of being used as
+    libjpeg fills it in, grey.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    y, x, h, w = tf.unstack(center_crop_window(tf.shape(image), fraction))
+    return resize(image[y : y + h, x : x + w], size)

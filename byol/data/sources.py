@@ -71,7 +71,7 @@ def open_split(
     catalog.check_split(split)
     if dataset.startswith(catalog.IMAGE_FOLDER_PREFIX):
         root = dataset[len(catalog.IMAGE_FOLDER_PREFIX) :]
-        return _folder_split(root, split, val_size, skip_bad_images)
+        return _folder_split(root, split, val_size, skip_bad_images, labelled_only)
     spec = catalog.spec(dataset)
     builder = open_builder(dataset, data_dir)
     sizes = {name: s.num_examples for name, s in builder.info.splits.items()}
@@ -151,8 +151,8 @@ def _tfds_split(dataset, data_dir, builder, spec: catalog.Spec, ranges) -> Sourc
     )
 
 
-def _folder_split(root: str, split: str, val_size, skip_bad_images) -> Source:
-    folder = image_folder.scan(root, skip_bad_images, verify=decode_error)
+def _folder_split(root, split, val_size, skip_bad_images, labelled_only) -> Source:
+    folder = image_folder.scan(root, skip_bad_images, verify=decode_errors)
     if split == "test":
         if "test" not in folder.paths:
             raise DatasetNotFoundError(
@@ -168,6 +168,8 @@ def _folder_split(root: str, split: str, val_size, skip_bad_images) -> Source:
             split, {"train": len(paths)}, "train", "test", held_out
         ) or [("train", 0, 0)]
         paths, labels = paths[start:end], labels[start:end]
+    if labelled_only:
+        paths, labels = paths[labels >= 0], labels[labels >= 0]
     return Source(
         num_examples=len(paths),
         num_classes=len(folder.class_names),
@@ -228,6 +230,131 @@ def _encoded_records(builder, split: str):
     return builder.as_data_source(
         split=split, decoders={"image": tfds.decode.SkipDecoding()}
     )
+
+
+def decode_errors(paths) -> dict[str, str]:
+    """Why each of `paths` does not decode cleanly; the clean ones are left out.
+
+    Every file is decoded whole, in parallel, by tf.data; one that fails is
+    named with the decoder's message. libjpeg only *warns* about a corrupt
+    body ("Corrupt JPEG data: ...", the rest filled in grey), on stderr and
+    without a file name, so stderr is captured during the pass and, when it
+    warned, the files are decoded again in halves until each warning has its
+    file. Verdicts are cached per file (path, size, modification time) in
+    ``$XDG_CACHE_HOME/byol`` (default ``~/.cache/byol``), so a folder is
+    decoded once.
+    """
+    cache = _VerdictCache(paths)
+    found = _decode_pass(cache.unchecked)
+    cache.store(found)
+    return {p: r for p, r in cache.verdicts.items() if r}
+
+
+def _decode_pass(paths: list[str]) -> dict[str, str | None]:
+    """Each path's reason (None: clean), bisecting where libjpeg warned."""
+    if not paths:
+        return {}
+    import tensorflow as tf  # noqa: PLC0415
+
+    def decode(index):
+        image = tf.io.decode_image(
+            tf.io.read_file(tf.gather(paths, index)),
+            channels=3,
+            expand_animations=False,
+        )
+        return index, tf.shape(image)[0]
+
+    dataset = (
+        tf.data.Dataset.range(len(paths))
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors()
+    )
+    with _captured_stderr() as stderr:
+        decoded = {int(i) for i, _ in dataset.as_numpy_iterator()}
+    verdicts = {p: None for i, p in enumerate(paths) if i in decoded}
+    for i, path in enumerate(paths):
+        if i not in decoded:
+            verdicts[path] = decode_error(path)
+    warned = stderr.read()
+    if "Corrupt JPEG data" in warned or "Premature end of JPEG" in warned:
+        clean = [p for p in paths if verdicts[p] is None]
+        if len(clean) == 1:
+            verdicts[clean[0]] = warned.strip().splitlines()[0]
+        elif clean:
+            half = len(clean) // 2
+            verdicts.update(_decode_pass(clean[:half]))
+            verdicts.update(_decode_pass(clean[half:]))
+    return verdicts
+
+
+class _captured_stderr:  # noqa: N801 (a context manager, used like a function)
+    """File descriptor 2 (what C libraries print to) into a temporary file."""
+
+    def __enter__(self):
+        import tempfile  # noqa: PLC0415
+
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *unused):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+    def read(self) -> str:
+        self._file.seek(0)
+        text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+        return text
+
+
+class _VerdictCache:
+    """Decode verdicts of files, kept across runs (keyed by path, size, mtime)."""
+
+    def __init__(self, paths):
+        import hashlib  # noqa: PLC0415
+        import json  # noqa: PLC0415
+
+        self._json = json
+        root = os.path.commonpath([os.path.realpath(p) for p in paths]) if paths else ""
+        digest = hashlib.sha256(root.encode()).hexdigest()[:16]
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        self.path = os.path.join(cache, "byol", f"decoded-v1-{digest}.json")
+        try:
+            with open(self.path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = {}
+        self.keys = {p: self._key(p) for p in paths}
+        self.verdicts = {
+            p: saved[p][1]
+            for p, key in self.keys.items()
+            if p in saved and saved[p][0] == key
+        }
+        self.unchecked = [p for p in paths if p not in self.verdicts]
+        self._saved = saved
+
+    @staticmethod
+    def _key(path: str):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return [stat.st_size, stat.st_mtime_ns]
+
+    def store(self, found: dict[str, str | None]) -> None:
+        self.verdicts.update(found)
+        if not found:
+            return
+        self._saved.update({p: [self.keys[p], r] for p, r in found.items()})
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path + ".tmp", "w") as f:
+                self._json.dump(self._saved, f)
+            os.replace(self.path + ".tmp", self.path)
+        except OSError:  # an unwritable home: decoded again next time
+            pass
 
 
 def decode_error(path: str) -> str | None:
