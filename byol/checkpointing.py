@@ -69,12 +69,13 @@ class Checkpointer:
         self.read_only = read_only
         self._pending: tuple[int, int | None] | None = None  # (step, previous)
         self._closed = False
+        # Read-only is ours (no save, no clean-up, nothing deleted): orbax's
+        # own read-only mode warns three times on every open.
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
+                max_to_keep=None if read_only else max_to_keep,
                 create=not read_only,
-                read_only=read_only,
                 cleanup_tmp_directories=not read_only,  # a killed write's
                 enable_async_checkpointing=True,
             ),
@@ -91,6 +92,8 @@ class Checkpointer:
             CheckpointWriteError: this write, or the previous one, failed; the
                 checkpoints before it are intact.
         """
+        if self.read_only:
+            raise ValueError(f"{self.directory} was opened read-only")
         self.wait()
         state = jax.tree.map(np.asarray, state)
         previous = self._manager.latest_step()

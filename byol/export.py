@@ -115,6 +115,7 @@ def export_encoder(
             f"--workdir {workdir!r} has no config.json; expected the --workdir "
             "of a pre-training run"
         )
+    run_dirs.writable_dir(os.path.dirname(os.path.abspath(output)), "--output")
     config = run_dirs.read_config(workdir)
     if data_dir:
         config.data.data_dir = data_dir
@@ -234,6 +235,9 @@ flags.mark_flags_as_required(["workdir", "output"], flag_values=FLAGS)
 def main(argv: list[str]) -> int:
     """Parses the command line, exports, returns the exit status (2: bad input)."""
     FLAGS.unparse_flags()  # a second call starts from the defaults again
+    if any(arg in ("--help", "-h", "--helpfull", "-?") for arg in argv[1:]):
+        print(__doc__.strip() + "\n\nFlags:\n" + FLAGS.module_help(__name__))
+        return 0
     try:
         FLAGS(argv)
     except flags.Error as error:

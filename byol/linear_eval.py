@@ -445,7 +445,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         FileNotFoundError: no config.json or checkpoint, or a missing dataset.
     """
     config_checks.check_linear_eval_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    run_dirs.writable_dir(workdir)
     started = time.perf_counter()
     encoder = restore_encoder(config)
     evaluation = config.evaluation

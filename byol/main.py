@@ -19,6 +19,7 @@ import ast
 import contextlib
 import logging as std_logging
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -89,6 +90,11 @@ def _one_line(error: BaseException) -> str:
             text = ast.literal_eval(text)
         lines = [line.strip() for line in str(text).splitlines() if line.strip()]
         return "; ".join([f"config field {lines[0]} unknown", *lines[1:]])
+    # A config file that cannot be read: ml_collections names it "config_config".
+    if "Failed loading config file config_config " in text:
+        return (
+            "--config: " + text.split("Failed loading config file config_config ")[-1]
+        )
     # A config file's error comes with its whole traceback: keep the last line.
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return f"{lines[0]} {lines[-1]}" if len(lines) > 1 else "".join(lines)
@@ -122,6 +128,7 @@ def main(argv) -> None:
     quiet_orbax_leftovers()
     from byol import checkpointing  # noqa: PLC0415  (after the XLA flags)
 
+    interrupted = _catch_interrupts()
     try:
         distributed.initialize(
             _COORDINATOR.value,
@@ -131,17 +138,42 @@ def main(argv) -> None:
         )
         run(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as error:  # bad input
-        if _TRACEBACK.value:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except (FloatingPointError, checkpointing.CheckpointWriteError) as error:
+        _exit(error, 2)
+    except (FloatingPointError, checkpointing.CheckpointWriteError, OSError) as error:
         # A fault during the run; its message names the step or checkpoint
         # and what was kept.
-        if _TRACEBACK.value:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        _exit(error, 1)
+    except KeyboardInterrupt:
+        interrupted.append(True)
+    if interrupted:  # also when something swallowed it (a __del__, a callback)
+        _exit(
+            "interrupted; run the same command again to resume from the newest "
+            f"checkpoint in {os.path.join(_WORKDIR.value, 'checkpoints')}",
+            130,
+        )
+
+
+def _exit(error, status: int) -> None:
+    if _TRACEBACK.value and isinstance(error, BaseException):
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _catch_interrupts() -> list:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered.
+
+    Raised inside a finaliser or a callback it would be printed as "Exception
+    ignored" and lost, and the run would end with status 0.
+    """
+    interrupted = []
+
+    def handler(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    return interrupted
 
 
 def _device_ids(values: list[str] | None) -> list[int] | None:

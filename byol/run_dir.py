@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, NamedTuple
 
 import jax
@@ -56,6 +57,22 @@ def architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
         if name not in RESUMABLE_MODEL_FIELDS:
             fields[f"model.{name}"] = value
     return fields
+
+
+def writable_dir(directory: str, flag: str = "--workdir") -> None:
+    """Creates `directory` or raises a one-line ValueError: it cannot be written.
+
+    Checked before any work, so a long run does not end unable to save it.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"{flag} {directory} cannot be written ({error.strerror or error}); "
+            "give a directory you can write"
+        ) from None
 
 
 def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:

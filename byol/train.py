@@ -63,7 +63,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config_checks.check_pretrain_config(config)
     info = run_dirs.dataset_info(config)
     _check_evaluations(config, info)
-    os.makedirs(workdir, exist_ok=True)
+    run_dirs.writable_dir(workdir)
     run_dirs.record_config(workdir, config)
     job = _Job(
         config, workdir, run_dirs.make_experiment(config, info.num_classes), info
