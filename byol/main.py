@@ -90,13 +90,11 @@ def _one_line(error: BaseException) -> str:
             text = ast.literal_eval(text)
         lines = [line.strip() for line in str(text).splitlines() if line.strip()]
         return "; ".join([f"config field {lines[0]} unknown", *lines[1:]])
-    # A config file that cannot be read: ml_collections names it "config_config".
-    if "Failed loading config file config_config " in text:
-        return (
-            "--config: " + text.split("Failed loading config file config_config ")[-1]
-        )
-    # A config file's error comes with its whole traceback: keep the last line.
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # A config file that cannot be read (ml_collections calls it "config_config").
+    if "Failed loading config file config_config" in text:
+        return f"--config: {lines[-1]}"
+    # A config file's error comes with its whole traceback: keep the last line.
     return f"{lines[0]} {lines[-1]}" if len(lines) > 1 else "".join(lines)
 
 
