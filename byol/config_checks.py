@@ -89,10 +89,9 @@ def _name(allowed, preset_or: bool = False) -> Field:
 
 
 def _known_dataset(value) -> bool:
-    return isinstance(value, str) and (
-        value.startswith(catalog.IMAGE_FOLDER_PREFIX)
-        or catalog.base_name(value) in catalog.SPECS
-    )
+    if isinstance(value, str) and value.startswith(catalog.IMAGE_FOLDER_PREFIX):
+        return bool(value[len(catalog.IMAGE_FOLDER_PREFIX) :].strip())
+    return isinstance(value, str) and catalog.base_name(value) in catalog.SPECS
 
 
 def _positive_rates(value) -> bool:
@@ -109,7 +108,9 @@ FIELDS: dict[str, Field] = {
     "seed": _integer(0),
     "data.dataset": Field(
         _known_dataset,
-        "{name} {value!r} unknown; expected one of: " + ", ".join(catalog.DATASETS),
+        "{name} {value!r} unknown; expected one of: "
+        + ", ".join(catalog.DATASETS)
+        + " (a folder's path after image_folder:)",
     ),
     "data.data_dir": TEXT,
     "data.image_size": POSITIVE,

@@ -119,8 +119,30 @@ def initialize_arguments(
     if process_id is None and env.get("JAX_PROCESS_ID"):
         process_id = int(env["JAX_PROCESS_ID"])
     given = (coordinator_address, num_processes, process_id)
-    if all(x is None for x in given) and not _launched_as_several_processes():
+    launched = _launched_as_several_processes()
+    if all(x is None for x in given) and not launched:
         return None
+    if not launched and any(x is None for x in given):
+        missing = [
+            flag
+            for flag, value in zip(
+                ("--coordinator_address", "--num_processes", "--process_id"),
+                given,
+                strict=True,
+            )
+            if value is None
+        ]
+        raise ValueError(
+            f"{', '.join(missing)} missing: outside SLURM, Open MPI and TPU pods "
+            "a multi-process run names the coordinator (host:port of process 0), "
+            "the process count and this process's id"
+        )
+    if num_processes is not None and process_id is not None:
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"--process_id {process_id} must be in [0, {num_processes}) "
+                f"(--num_processes {num_processes})"
+            )
     return dict(
         coordinator_address=coordinator_address,
         num_processes=num_processes,

@@ -115,6 +115,8 @@ def export_encoder(
             f"--workdir {workdir!r} has no config.json; expected the --workdir "
             "of a pre-training run"
         )
+    if not output.strip() or os.path.isdir(output):
+        raise ValueError(f"--output {output!r} must name the .npz file to write")
     run_dirs.writable_dir(os.path.dirname(os.path.abspath(output)), "--output")
     config = run_dirs.read_config(workdir)
     if data_dir:
@@ -253,7 +255,7 @@ def main(argv: list[str]) -> int:
             projector=_PROJECTOR.value,
             target=_TARGET.value,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input, or the disk
         if _TRACEBACK.value:
             raise
         print(f"error: {error}", file=sys.stderr)

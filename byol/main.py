@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import logging as std_logging
 import os
-import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from byol import distributed
-from byol.xla_flags import set_cpu_flags
+from byol import distributed, runtime
+from byol.runtime import quiet_logs, set_cpu_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':variant'.", lock_config=True
@@ -68,6 +66,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str) -> dict:
     """Runs the job `config.mode` names and returns its results."""
+    if not workdir.strip():
+        raise ValueError("--workdir is empty; give the run's directory")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir} is a file; expected a directory")
     if config.mode == "pretrain":
@@ -92,8 +92,8 @@ def _one_line(error: BaseException) -> str:
         return "; ".join([f"config field {lines[0]} unknown", *lines[1:]])
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     # A config file that cannot be read (ml_collections calls it "config_config").
-    if "Failed loading config file config_config" in text:
-        return f"--config: {lines[-1]}"
+    if text.startswith("Configuration is not available"):
+        return f"--config: {lines[-1].split('failure to load: ')[-1]}"
     # A config file's error comes with its whole traceback: keep the last line.
     return f"{lines[0]} {lines[-1]}" if len(lines) > 1 else "".join(lines)
 
@@ -120,13 +120,11 @@ def main(argv) -> None:
     del argv
     # Orbax and tfds log every file they touch at INFO; the progress line is ours.
     logging.set_verbosity(logging.WARNING)
-    # TensorFlow's C++ logs (oneDNN notices, ...) before it is imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_logs()
     set_cpu_flags(_CPU_DEVICES.value)
-    quiet_orbax_leftovers()
     from byol import checkpointing  # noqa: PLC0415  (after the XLA flags)
 
-    interrupted = _catch_interrupts()
+    runtime.catch_interrupts()
     try:
         distributed.initialize(
             _COORDINATOR.value,
@@ -142,8 +140,8 @@ def main(argv) -> None:
         # and what was kept.
         _exit(error, 1)
     except KeyboardInterrupt:
-        interrupted.append(True)
-    if interrupted:  # also when something swallowed it (a __del__, a callback)
+        pass
+    if runtime.INTERRUPTS:  # also when something swallowed it (a __del__)
         _exit(
             "interrupted; run the same command again to resume from the newest "
             f"checkpoint in {os.path.join(_WORKDIR.value, 'checkpoints')}",
@@ -158,22 +156,6 @@ def _exit(error, status: int) -> None:
     sys.exit(status)
 
 
-def _catch_interrupts() -> list:
-    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered.
-
-    Raised inside a finaliser or a callback it would be printed as "Exception
-    ignored" and lost, and the run would end with status 0.
-    """
-    interrupted = []
-
-    def handler(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    return interrupted
-
-
 def _device_ids(values: list[str] | None) -> list[int] | None:
     if not values:
         return None
@@ -183,32 +165,6 @@ def _device_ids(values: list[str] | None) -> list[int] | None:
             "indices, e.g. 0,1,2,3"
         )
     return [int(v) for v in values]
-
-
-def quiet_orbax_leftovers() -> None:
-    """Silences the noise a failed orbax restore leaves at exit.
-
-    When one array of a corrupt checkpoint fails to read, orbax abandons the
-    other reads; their callbacks later reach a closed asyncio loop ("Event
-    loop is closed", through `sys.unraisablehook`) and asyncio logs
-    "exception was never retrieved". The corruption is already reported in
-    one line; every other unraisable error or asyncio record passes.
-    """
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    def keep(record: std_logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        abandoned = "exception was never retrieved" in record.getMessage()
-        return not (abandoned and (error is None or isinstance(error, ValueError)))
-
-    sys.unraisablehook = hook
-    std_logging.getLogger("asyncio").addFilter(keep)
 
 
 if __name__ == "__main__":

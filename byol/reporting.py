@@ -72,7 +72,17 @@ class MetricsLog:
             return
         if os.path.exists(self.path):
             with open(self.path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
+                lines = [line for line in f if line.strip()]
+            rows = []
+            for number, line in enumerate(lines):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    if number < len(lines) - 1:  # not a write cut short by a kill
+                        raise ValueError(
+                            f"{self.path} line {number + 1} is not JSON; move the "
+                            "file aside to start a new log"
+                        ) from None
             self.history = [r for r in rows if r["step"] <= resume_step]
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.history)

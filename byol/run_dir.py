@@ -36,7 +36,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     """A run's config.json over today's defaults (fields added since then)."""
     path = os.path.join(workdir, CONFIG_FILE)
     with open(path) as f:
-        saved = json.load(f)
+        try:
+            saved = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path} is not a config.json ({error})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a config.json (a {type(saved).__name__})")
     config = common.base_config().to_dict()
     for section, values in saved.items():
         if isinstance(values, dict) and isinstance(config.get(section), dict):

@@ -31,6 +31,7 @@ from byol import (
     parallel,
     probe,
     reporting,
+    runtime,
 )
 from byol import run_dir as run_dirs
 from byol.data import device, pipeline
@@ -278,6 +279,7 @@ def _train(job: _Job, checkpointer, run: _Run, metrics):
                 }
                 checkpointer.save(done, parallel.unreplicate(state), metadata)
                 guard.last_saved = done
+            runtime.raise_if_interrupted()
     finally:
         # Stops tf.data's threads now: a stream left to interpreter exit can
         # hang it.

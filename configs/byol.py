@@ -41,11 +41,12 @@ def get_config(arg: str = "epochs=300,norm=bn") -> ml_collections.ConfigDict:
         raise ValueError(
             f"config option(s) {sorted(unknown)} unknown; use epochs, norm"
         )
-    epochs = int(options.get("epochs", 300))
-    if epochs not in PRESETS:
+    epochs = options.get("epochs", "300")
+    if not epochs.isdigit() or int(epochs) not in PRESETS:
         raise ValueError(
-            f"epochs {epochs} has no preset; expected one of {list(PRESETS)}"
+            f"epochs {epochs!r} has no preset; expected one of {list(PRESETS)}"
         )
+    epochs = int(epochs)
     norm = options.get("norm", "bn")
 
     config = common.base_config()

@@ -54,8 +54,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from byol import byol_experiment, config_checks
-from byol import main as byol_main
+from byol import byol_experiment, config_checks, runtime
+from byol import main as byol_main  # noqa: F401  (its --config, --cpu_devices)
 from byol.data import catalog, device  # no TensorFlow: --synthetic runs without it
 
 # Classes of the datasets a synthetic batch can stand in for (labels only).
@@ -728,7 +728,7 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     """Runs the benchmark with the command line's flags and prints the table."""
     del argv
     logging.set_verbosity(logging.WARNING)
-    byol_main.set_cpu_flags(flags.FLAGS.cpu_devices)  # Before JAX's backends.
+    runtime.set_cpu_flags(flags.FLAGS.cpu_devices)  # Before JAX's backends.
     values = {name: holder.value for name, holder in holders.items()}
     json_out = values.pop("json_out")
     results = run_benchmark(flags.FLAGS.config, **values)
@@ -739,7 +739,7 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    runtime.quiet_logs()
     _holders = _define_flags()
     # byol.main requires --workdir for training; the benchmark writes nothing.
     delattr(flags.FLAGS, "workdir")

@@ -31,6 +31,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from byol import runtime
+
 _IMAGES = flags.DEFINE_integer("images", 2000, "JPEGs in the folder.")
 _FOLDER = flags.DEFINE_string(
     "folder", "workdirs/benchmark_input/images", "Where the JPEGs are (made once)."
@@ -184,7 +186,7 @@ def report(figures: dict) -> str:
 def main(argv) -> None:
     """Builds the folder (once), measures, prints."""
     del argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    runtime.quiet_logs()
     folder = make_folder(_FOLDER.value, _IMAGES.value)
     figures = measure(folder, _SECONDS.value)
     print(report(figures))

@@ -216,11 +216,11 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     del argv
     workdir, variants = holders["workdir"].value, holders["variants"].value
     logging.set_verbosity(logging.WARNING)
-    from byol import main as byol_main  # noqa: PLC0415
-    from byol.xla_flags import set_cpu_flags  # noqa: PLC0415
+    from byol import runtime  # noqa: PLC0415
+    from byol.runtime import set_cpu_flags  # noqa: PLC0415
 
     set_cpu_flags(2)
-    byol_main.quiet_orbax_leftovers()
+    runtime.quiet_logs()
     rows = run(workdir, variants, holders["max_steps"].value)
     table = format_table(rows)
     os.makedirs(workdir, exist_ok=True)

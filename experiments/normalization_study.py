@@ -990,12 +990,11 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     """Runs the study the flags describe (or validates it, or only reports)."""
     del argv
     logging.set_verbosity(logging.WARNING)
-    from byol import main as byol_main  # noqa: PLC0415
-    from byol.xla_flags import set_cpu_flags  # noqa: PLC0415
+    from byol import runtime  # noqa: PLC0415
+    from byol.runtime import set_cpu_flags  # noqa: PLC0415
 
     set_cpu_flags(2)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children inherit it
-    byol_main.quiet_orbax_leftovers()
+    runtime.quiet_logs()  # its environment: the runs' processes inherit it
     from byol import config_checks  # noqa: PLC0415  (after the XLA flags)
 
     results_dir = holders["results"].value

@@ -6,11 +6,10 @@ import tempfile
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 )
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Image folders' decode verdicts (byol.data.sources) go here, not to ~/.cache.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="byol_test_cache_")
 
 # In-process runs see orbax's leftovers of a failed restore as byol.main does.
-from byol import main  # noqa: E402
+from byol import runtime  # noqa: E402
 
-main.quiet_orbax_leftovers()
+runtime.quiet_logs()  # children inherit the environment

@@ -17,6 +17,7 @@ import numpy as np
 from absl import flags
 
 from byol import main as byol_main
+from byol import runtime
 
 PROCESSES = 2
 
@@ -64,5 +65,5 @@ def run(config, workdir: str) -> None:
 
 if __name__ == "__main__":
     byol_main.parse_flags(sys.argv)
-    byol_main.set_cpu_flags(flags.FLAGS.cpu_devices)
+    runtime.set_cpu_flags(flags.FLAGS.cpu_devices)
     run(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -259,8 +259,7 @@ def test_cli_bad_input_ends_with_one_error_line(tmp_path, config, override, star
         ),
         (
             ["--config=configs/no_such_file.py"],
-            "--config: [Errno 2] No such file or directory: "
-            "'configs/no_such_file.py'",
+            "--config: [Errno 2] No such file or directory: 'configs/no_such_file.py'",
         ),
     ],
 )

@@ -9,11 +9,11 @@ and features, so the prepared dataset is the one `tfds.load` reads.
 from __future__ import annotations
 
 import gzip
-import logging
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from byol.data import catalog
 
@@ -138,11 +138,20 @@ def prepare(data_dir: str):
             f"fashion_mnist not found in {os.path.join(data_dir, 'fashion_mnist')} "
             f"(nor its IDX files in {idx_dir}); {how}"
         )
-    builder = FashionMnist(data_dir=data_dir)
-    if not builder.is_prepared():
-        logging.info("Building fashion_mnist in %s from %s.", data_dir, idx_dir)
+    if os.path.exists(prepared):
+        return FashionMnist(data_dir=data_dir)
+    print(f"Building fashion_mnist in {data_dir} from {idx_dir} (once)", flush=True)
+    # tfds's progress bars and its warning about the folder it is creating.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        builder = FashionMnist(data_dir=data_dir)
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=idx_dir),
             file_format="tfrecord",
         )
+    finally:
+        tfds.display_progress_bar(True)
+        absl_logging.set_verbosity(verbosity)
     return builder

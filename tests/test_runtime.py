@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from byol import xla_flags
+from byol import runtime as xla_flags
 from tests.fixtures import REPO
 
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
@@ -56,7 +56,7 @@ def test_barriers_are_kept_only_where_no_accelerator_can_run(monkeypatch):
 
 
 _COMPILE_A_BLOCK = """
-from byol.xla_flags import set_cpu_flags
+from byol.runtime import set_cpu_flags
 set_cpu_flags(1)
 import haiku as hk, jax, jax.numpy as jnp
 from byol import networks

@@ -1,0 +1,133 @@
+"""What an entry point sets before JAX, TensorFlow and orbax start.
+
+XLA's flags for running on a CPU, measured on the demo's step on a 2-core CPU
+(docs/speed.md): no YNNPACK library fusions (XLA 0.10's default ones ran it
+1.6x slower; its filter gradients are slower than XLA's), and kept
+optimisation barriers on the conv inputs (`byol.networks`), 1.12x faster. A
+flag the installed XLA does not know makes it abort at start, so each is set
+only where XLA defines it. And the logs (`quiet_logs`). Library modules set
+nothing process-wide; the entry points (`byol.main`, the experiments) call
+these.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util
+import logging
+import mmap
+import os
+import pkgutil
+import signal
+import sys
+
+_NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+# A flag of every backend: set only where JAX can run on nothing but the CPU.
+_KEEP_BARRIERS = "--xla_disable_hlo_passes=cse_barrier_expander"
+_ACCELERATOR_PACKAGES = ("libtpu", "jax_cuda", "jax_rocm")
+
+
+def _cpu_only() -> bool:
+    """Whether JAX will run on the CPU alone (no accelerator plugin, or asked)."""
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return True
+    return not any(
+        module.name.startswith(_ACCELERATOR_PACKAGES)
+        for module in pkgutil.iter_modules()
+    )
+
+
+@functools.cache
+def xla_knows(flag: str) -> bool:
+    """Whether the installed XLA defines `flag` (its name is in jaxlib's library)."""
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.origin:
+        return False
+    name = flag.lstrip("-").split("=")[0].encode()
+    for library in glob.glob(os.path.join(os.path.dirname(spec.origin), "*.so")):
+        with open(library, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                continue
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as contents:
+                if contents.find(name) != -1:
+                    return True
+    return False
+
+
+def set_cpu_flags(cpu_devices: int) -> None:
+    """Sets XLA's CPU flags (the user's `XLA_FLAGS` win), before JAX starts.
+
+    Args:
+        cpu_devices: devices to split the host CPU into.
+    """
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    extra = []
+    if "ynn_fusion" not in flags_now and xla_knows(_NO_YNN):
+        extra.append(_NO_YNN)
+    if "xla_disable_hlo_passes" not in flags_now and _cpu_only():
+        extra.append(_KEEP_BARRIERS)
+    if "host_platform_device_count" not in flags_now:
+        extra.append(f"--xla_force_host_platform_device_count={cpu_devices}")
+    os.environ["XLA_FLAGS"] = " ".join([flags_now, *extra]).strip()
+
+
+def quiet_logs() -> None:
+    """What the entry points set up before TensorFlow and orbax run.
+
+    TensorFlow's C++ notices (oneDNN's, through absl before its logging is
+    set up) go; oneDNN is off for TensorFlow, which here only decodes and
+    resizes images, identically to the pixel without it. And the noise a
+    failed orbax restore leaves at exit: when one array of a corrupt
+    checkpoint fails to read, orbax abandons the other reads; their callbacks
+    reach a closed asyncio loop ("Event loop is closed", through
+    `sys.unraisablehook`) and asyncio logs "exception was never retrieved".
+    The corruption is already reported in one line; every other unraisable
+    error or asyncio record passes.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    def keep(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        abandoned = "exception was never retrieved" in record.getMessage()
+        return not (abandoned and (error is None or isinstance(error, ValueError)))
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(keep)
+
+
+INTERRUPTS: list[int] = []  # Ctrl-C presses since `catch_interrupts`
+
+
+def catch_interrupts() -> None:
+    """Ctrl-C raises KeyboardInterrupt, remembered in `INTERRUPTS`.
+
+    Raised inside a finaliser or a callback it would be printed as "Exception
+    ignored" and lost (the run ending with status 0); `INTERRUPTS` keeps it.
+    Pressed while orbax or tensorstore is in the middle of a checkpoint, it
+    is held until `raise_if_interrupted`, at the end of the step.
+    """
+
+    def handler(signum, frame):
+        INTERRUPTS.append(signum)
+        while frame is not None:
+            if frame.f_globals.get("__name__", "").startswith(("orbax", "tensorstore")):
+                return  # held: a checkpoint is being written
+            frame = frame.f_back
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def raise_if_interrupted() -> None:
+    """Raises the KeyboardInterrupt of a Ctrl-C held during a checkpoint."""
+    if INTERRUPTS:
+        raise KeyboardInterrupt
