@@ -301,4 +301,5 @@ def evaluate(feats, num_classes: int, seed: int = 0) -> dict[str, Any]:
     results["knn"]["best_top1"] = results["knn"]["top1"][f"k{best_k}"]
     if test_projection is not None:
         results["rank"]["projection"] = float(metrics.effective_rank(test_projection))
+        results["collapse"] = float(metrics.collapse_indicator(test_projection))
     return results

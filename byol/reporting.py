@@ -131,17 +131,25 @@ def plot_runs(
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     panels = [
-        ("repr_loss", "BYOL loss (2 − 2cos, both views)"),
-        ("collapse", "collapse indicator (1 healthy, 0 collapsed)"),
-        ("probe_top1", "linear probe top-1 on test (%)"),
+        (("repr_loss",), "BYOL loss (2 − 2cos, both views)"),
+        (("collapse",), "collapse indicator (1 healthy, 0 collapsed)"),
+        (("rank_projection",), "effective rank of the projection (val)"),
+        (("probe_top1", "knn20_top1"), "linear probe (test, —), kNN-20 (val, --) %"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-    for ax, (key, label) in zip(axes, panels, strict=True):
-        for name, history in histories.items():
-            rows = [r for r in history if key in r]
-            values = [r[key] * (100 if key == "probe_top1" else 1) for r in rows]
-            marker = "o" if len(rows) < 20 else ""
-            ax.plot([r["step"] for r in rows], values, marker=marker, label=name)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6))
+    for ax, (keys, label) in zip(axes, panels, strict=True):
+        for i, (name, history) in enumerate(histories.items()):
+            for key, style in zip(keys, ("-", "--"), strict=False):
+                rows = [r for r in history if key in r]
+                scale = 100 if key.endswith("top1") else 1
+                ax.plot(
+                    [r["step"] for r in rows],
+                    [r[key] * scale for r in rows],
+                    marker="o" if len(rows) < 20 else "",
+                    ls=style,
+                    color=f"C{i}",
+                    label=name if style == "-" else None,
+                )
         ax.set_xlabel("step")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)

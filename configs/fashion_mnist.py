@@ -58,6 +58,6 @@ def get_config(variant: str = "gn_ws") -> ml_collections.ConfigDict:
     config.training.log_every_steps = 25
     config.training.checkpoint_every_steps = 100
 
-    config.evaluation.probe_every_steps = 100
+    config.evaluation.probe_every_steps = 150
     config.evaluation.probe_max_train_examples = 20000
     return config

@@ -3,8 +3,17 @@
 from experiments import demo
 
 
-def _row(name, top1, collapse=None, minutes=None):
-    return dict(encoder=name, top1=top1, top5=99.0, collapse=collapse, minutes=minutes)
+def _row(name, linear, collapse=None, minutes=None):
+    return dict(
+        encoder=name,
+        linear=linear,
+        knn=linear - 2,
+        label1=linear - 20,
+        label10=linear - 10,
+        rank=12.0,
+        collapse=collapse,
+        minutes=minutes,
+    )
 
 
 def test_targets_met_and_missed():
@@ -38,5 +47,23 @@ def test_table_has_a_row_per_encoder_and_dashes_for_missing_values():
         [_row("BYOL (gn_ws)", 78.71, 0.4412, 5.04), _row("raw pixels", 84.5)]
     ).splitlines()
     assert len(table) == 4
-    assert table[2] == "| BYOL (gn_ws) | 78.7 | 99.0 | 0.441 | 5.0 |"
-    assert table[3] == "| raw pixels | 84.5 | 99.0 | — | — |"
+    assert (
+        table[2] == "| BYOL (gn_ws) | 78.7 | 76.7 | 58.7 | 68.7 | 12.0 | 0.441 | 5.0 |"
+    )
+    assert table[3] == "| raw pixels | 84.5 | 82.5 | 64.5 | 74.5 | 12.0 | — | — |"
+
+
+def test_a_suite_becomes_a_row_in_percent():
+    suite = {
+        "linear": {"top1": 0.8},
+        "knn": {"best_top1": 0.75},
+        "few_label": {"1%": {"top1_mean": 0.6}, "10%": {"top1_mean": 0.7}},
+        "rank": {"embedding": 20.0},
+    }
+    row = demo.suite_row("x", suite, 0.5, 3.0)
+    assert (row["linear"], row["knn"], row["label1"], row["label10"]) == (
+        80.0,
+        75.0,
+        60.0,
+        70.0,
+    )
