@@ -66,9 +66,10 @@ gpu_wheels: install
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .whl $(GPU_WHEELS)
 	@ls -la .whl
 
-# The normalisation study at the small scale (README "Reproducing the paper").
+# The normalisation study at the small scale (docs/study.md): ~21 CPU hours;
+# run it again to go on where it stopped.
 study: install fashion_mnist
-	$(PY) -m experiments.normalization_study --scale=small --out=results/norm_study
+	$(PY) -m experiments.normalization_study --plan=main
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

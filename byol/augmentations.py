@@ -256,7 +256,8 @@ def sample_crop_box(
     `max_attempts` boxes and takes the first that fits, else the central
     crop of the whole image with its aspect clamped to ``aspect_range``.
 
-    >>> [int(x) for x in sample_crop_box(jax.random.key(0), 8, 8, (1.0, 1.0))]
+    >>> box = sample_crop_box(jax.random.key(0), 8, 8, (1.0, 1.0), (1.0, 1.0))
+    >>> [int(x) for x in box]
     [0, 0, 8, 8]
     """
     u = jax.random.uniform(rng, (2 * max_attempts + 2,))

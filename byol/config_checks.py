@@ -18,7 +18,7 @@ from byol import augmentations, networks, normalization, precision
 from byol.data import catalog  # pure Python: no TensorFlow
 
 MODES = ("pretrain", "linear_eval")
-METHODS = ("byol", "simclr")  # `config.method`: see `byol.workdir.make_experiment`
+METHODS = ("byol", "simclr")  # `config.method`: see `byol.run_dir.make_experiment`
 PROTOCOLS = ("probe", "reference")  # `evaluation.protocol`: see `byol.linear_eval`
 
 

@@ -445,9 +445,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         FileNotFoundError: no config.json or checkpoint, or a missing dataset.
     """
     config_checks.check_linear_eval_config(config)
+    run_dirs.writable_dir(workdir)
     started = time.perf_counter()
     encoder = restore_encoder(config)
-    run_dirs.writable_dir(workdir)
     evaluation = config.evaluation
     source_field = (
         "deepmind_checkpoint" if evaluation.deepmind_checkpoint else "pretrain_workdir"

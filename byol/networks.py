@@ -47,7 +47,7 @@ def _stores_conv_inputs() -> bool:
 
     On XLA:CPU the barrier stops the filter gradient's layout transposes from
     recomputing the norm and ReLU that made the input: the demo's step ran
-    1.12x faster (README, Speed). XLA:GPU and TPU would see it as a constraint
+    1.12x faster (docs/speed.md). XLA:GPU and TPU would see it as a constraint
     on every fusion pass, so their programs carry none. Decided when traced.
     """
     return jax.default_backend() == "cpu"

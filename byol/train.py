@@ -62,9 +62,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         checkpointing.CheckpointWriteError: a checkpoint could not be written.
     """
     config_checks.check_pretrain_config(config)
+    run_dirs.writable_dir(workdir)
     info = run_dirs.dataset_info(config)
     _check_evaluations(config, info)
-    run_dirs.writable_dir(workdir)
     run_dirs.record_config(workdir, config)
     job = _Job(
         config, workdir, run_dirs.make_experiment(config, info.num_classes), info

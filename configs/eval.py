@@ -12,8 +12,10 @@ go to `<workdir>/linear_eval_results.json` (test top-1/top-5 as fractions).
 
 Protocols (the config string after the colon):
 
-    protocol=probe      features extracted once, logistic regression by L-BFGS,
-                        L2 chosen on val (default; minutes for small datasets)
+    protocol=probe      features extracted once; on them the suite of
+                        byol.probe.evaluate: linear probe (L-BFGS, L2 chosen
+                        on val), kNN (k 20/200), 1%- and 10%-label probes,
+                        effective ranks (default; minutes for small datasets)
     protocol=reference  recipe.md section 5: a linear classifier on the frozen
                         encoder (BN in inference mode), random resized crop +
                         flip, SGD Nesterov 0.9, cosine decay, no weight decay,

@@ -35,7 +35,7 @@ def get_config(variant: str = "gn_ws") -> ml_collections.ConfigDict:
     config.model.encoder = "tiny"
     config.model.small_image = True
     # Channels 16/32/64/128: the 128-d embedding probed 78% after 250 steps,
-    # the 1x net's 64-d one 72% (README, "What it took").
+    # the 1x net's 64-d one 72% (docs/demo.md, "What it took").
     config.model.width_multiplier = 2
     config.model.projector_hidden_size = 512
     config.model.projection_size = 128
@@ -53,7 +53,7 @@ def get_config(variant: str = "gn_ws") -> ml_collections.ConfigDict:
     config.training.base_target_ema = 0.996
     # Without batch statistics in the heads, BYOL collapsed here within 100
     # steps at the reference settings; a 10x faster predictor (Tian et al.,
-    # 2021) and a slower target keep it learning (see the README's demo notes).
+    # 2021) and a slower target keep it learning (docs/demo.md).
     config.training.predictor_lr_multiplier = 10.0
     config.training.log_every_steps = 25
     config.training.checkpoint_every_steps = 100

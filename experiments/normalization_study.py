@@ -319,8 +319,8 @@ def study_runs(
 def planned_runs(plan: str, epochs: int, data_dir: str | None = None) -> list[Run]:
     """The small-scale plan: the pilot, or the main study at `epochs`.
 
-    Main: the key rows with seeds 0-2 (paper recipe), the pred10x rows with
-    seeds 0-2, every other variant with seed 0.
+    Main: the key rows (paper recipe) and the pred10x rows with seeds 0-2,
+    seed by seed, then every other variant with seed 0.
     """
     if plan == "pilot":
         variants, budgets = PILOT
@@ -332,12 +332,12 @@ def planned_runs(plan: str, epochs: int, data_dir: str | None = None) -> list[Ru
             )
         ]
     others = [v for v in variant_names("small") if v not in KEY_VARIANTS]
-    return (
-        study_runs("small", KEY_VARIANTS, [0, 1, 2], ["paper"], epochs, data_dir)
-        + study_runs(
-            "small", PRED10X_VARIANTS, [0, 1, 2], ["pred10x"], epochs, data_dir
-        )
-        + study_runs("small", others, [0], ["paper"], epochs, data_dir)
+    seeded = study_runs(
+        "small", KEY_VARIANTS, [0, 1, 2], ["paper"], epochs, data_dir
+    ) + study_runs("small", PRED10X_VARIANTS, [0, 1, 2], ["pred10x"], epochs, data_dir)
+    # Seed by seed, so that a study cut short has every key row once.
+    return sorted(seeded, key=lambda run: run.seed) + study_runs(
+        "small", others, [0], ["paper"], epochs, data_dir
     )
 
 

@@ -1,4 +1,4 @@
-"""`byol.xla_flags.set_cpu_flags`: XLA's CPU flags, the user's winning."""
+"""`byol.runtime.set_cpu_flags`: XLA's CPU flags, the user's winning."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from byol import runtime as xla_flags
+from byol import runtime
 from tests.fixtures import REPO
 
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
@@ -43,15 +43,15 @@ def test_set_cpu_flags_adds_what_the_user_did_not_set(monkeypatch, before, expec
         monkeypatch.delenv("XLA_FLAGS", raising=False)
     else:
         monkeypatch.setenv("XLA_FLAGS", before)
-    xla_flags.set_cpu_flags(2)
+    runtime.set_cpu_flags(2)
     assert os.environ["XLA_FLAGS"] == expected
 
 
 def test_barriers_are_kept_only_where_no_accelerator_can_run(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-    monkeypatch.setattr(xla_flags, "_ACCELERATOR_PACKAGES", ("pytest",))
-    xla_flags.set_cpu_flags(1)
+    monkeypatch.setattr(runtime, "_ACCELERATOR_PACKAGES", ("pytest",))
+    runtime.set_cpu_flags(1)
     assert KEEP not in os.environ["XLA_FLAGS"]
 
 
@@ -73,10 +73,10 @@ print(jax.jit(grad).lower(params).compile().as_text().count("opt-barrier"))
 def test_a_flag_the_installed_xla_lacks_is_not_set(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert xla_flags.xla_knows(NO_YNN)  # jaxlib 0.10+ defines it
-    assert not xla_flags.xla_knows("--xla_no_such_flag_in_any_version=1")
-    monkeypatch.setattr(xla_flags, "xla_knows", lambda flag: False)
-    xla_flags.set_cpu_flags(2)
+    assert runtime.xla_knows(NO_YNN)  # jaxlib 0.10+ defines it
+    assert not runtime.xla_knows("--xla_no_such_flag_in_any_version=1")
+    monkeypatch.setattr(runtime, "xla_knows", lambda flag: False)
+    runtime.set_cpu_flags(2)
     assert os.environ["XLA_FLAGS"] == f"{KEEP} {TWO}"
 
 
