@@ -131,6 +131,7 @@ def export_encoder(
         run.state, config.model, run.step, projector=projector, target=target
     )
     partial = f"{output}.partial"
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(partial, "wb") as f:
         np.savez(f, **arrays)
     os.replace(partial, output)

@@ -473,6 +473,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "config": config.to_dict(),
     }
     if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
             json.dump(results, f, indent=2)
     print(

@@ -196,12 +196,6 @@ def linear_probe(
     )
 
 
-def run_probe(config, embed, num_classes: int, max_train_examples=None):
-    """`linear_probe` of `embed`'s features of the config's dataset."""
-    feats = probe_features(config, embed, max_train_examples)
-    return linear_probe(feats["train"], feats["val"], feats["test"], num_classes)
-
-
 def knn_accuracy(bank, queries, k: int, num_classes: int) -> float:
     """Top-1 of weighted kNN (`metrics.knn_classify`); each is (features, labels)."""
     predicted = metrics.knn_classify(

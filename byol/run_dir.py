@@ -12,6 +12,7 @@ config.json and restore its newest checkpoint, writing nothing there.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -65,13 +66,18 @@ def architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def writable_dir(directory: str, flag: str = "--workdir") -> None:
-    """Creates `directory` or raises a one-line ValueError: it cannot be written.
+    """Raises a one-line ValueError unless `directory` can be written.
 
     Checked before any work, so a long run does not end unable to save it.
+    Creates nothing: a run refused later (a missing dataset) leaves no trace.
     """
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise ValueError(
@@ -105,6 +111,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                     "--workdir or the same config"
                 )
     if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
         # Written aside and renamed: other processes may be reading it.
         with open(path + ".tmp", "w") as f:
             json.dump(config.to_dict(), f, indent=2)
