@@ -29,8 +29,8 @@ RECIPE = (
     "the demo's recipe (configs/fashion_mnist.py): TinyResNet width 2, GN with 16 "
     "groups, 300 steps of batch 256 (1.3 epochs), LARS lr 2.0, wd 1e-5, "
     "tau_base 0.996, crop area >= 0.3 with the reference's clamp rule, and the "
-    "predictor's learning rate x10 (Tian et al. 2021; the paper's recipe, x1, "
-    "collapses without batch statistics at this budget: docs/study.md)"
+    "predictor's learning rate x10 (Tian et al. 2021, against collapse without "
+    "batch statistics; the paper's x1 is the study's recipe: docs/study.md)"
 )
 
 
