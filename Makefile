@@ -61,7 +61,7 @@ benchmark_input: install
 
 # What a CUDA jax image lacks for experiments/gpu_check.sh (pure-Python
 # wheels, ~1 MiB): carry .whl/ to the GPU machine with the checkout.
-GPU_WHEELS := dm-haiku==0.0.17 jmp==0.0.4 ml-collections==1.1.0 dm-pix==0.4.5
+GPU_WHEELS := dm-haiku==0.0.17 jmp==0.0.4 tabulate==0.10.0 ml-collections==1.1.0 dm-pix==0.4.5
 gpu_wheels: install
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .whl $(GPU_WHEELS)
 	@ls -la .whl

@@ -37,6 +37,6 @@ setuptools.setup(
             # tfds imports it but does not declare it on Python >= 3.9.
             "importlib_resources>=6",
         ],
-        "dev": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.8"],
+        "dev": ["packaging>=23", "pytest>=8", "pytest-xdist>=3.6", "ruff>=0.8"],
     },
 )

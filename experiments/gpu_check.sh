@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 site=${SITE:-/tmp/byol_site}
-needed="dm-haiku ml-collections dm-pix"
+needed="dm-haiku jmp tabulate ml-collections dm-pix"
 if ! "$python" -c "import haiku, ml_collections, dm_pix" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
