@@ -3,8 +3,9 @@
 # of the stack, installs dm-haiku (with jmp and tabulate), ml-collections and
 # dm-pix (from the wheels `make gpu_wheels` downloads into .whl/, or from
 # PyPI), puts the project on the path (no TensorFlow needed: synthetic
-# batches), prints the versions and runs experiments/gpu_check.py: the ResNet-50 224 px BYOL step, BN and GN+WS,
-# bfloat16 and float32, within a budget (default 420 s; about 8 min in all).
+# batches), prints the versions and runs experiments/gpu_check.py: the
+# ResNet-50 224 px BYOL step, BN and GN+WS, bfloat16 and float32, within a
+# budget (default 420 s; about 8 min in all).
 #
 #   bash experiments/gpu_check.sh [--budget_s=420] [--per_device_batch=256]
 #   PYTHON=.venv/bin/python bash experiments/gpu_check.sh --per_device_batch=2 \
