@@ -433,6 +433,18 @@ def code_version() -> dict[str, str]:
     return {"commit": commit, "code_sha256": digest.hexdigest()[:16]}
 
 
+def _cpu_model() -> str:
+    """The host CPU's model name (Linux), else what the platform says of it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _pretrain_child(config_dict: dict, workdir: str, replies) -> None:
     """In a fresh process: one `byol.train.pretrain`; its outcome to `replies`."""
     from byol import train  # noqa: PLC0415  (imports TensorFlow)
@@ -448,6 +460,9 @@ def _pretrain_child(config_dict: dict, workdir: str, replies) -> None:
             devices=jax.device_count(),
             host=platform.node(),
             cpus=os.cpu_count(),
+            # Another CPU model picks other kernels: the same run differs in
+            # the float noise, which training then amplifies (docs/study.md).
+            cpu=_cpu_model(),
         )
         replies.put(("done", results))
     except FloatingPointError as failure:  # diverged: a result of the study

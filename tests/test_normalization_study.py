@@ -162,6 +162,7 @@ def test_each_run_left_its_result_file(tiny_study):
         assert saved["config"]["method"] == run.config.method
         assert saved["code"]["code_sha256"] == study.code_version()["code_sha256"]
         assert saved["where"]["platform"] == "cpu"
+        assert saved["where"]["cpu"] == study._cpu_model() != ""
         assert saved["minutes"] > 0 and saved["cpu_minutes"] > 0
         # Metrics at every probe (steps 0, 1, 2) and the collapse indicator.
         probes = [h["step"] for h in saved["history"] if "probe_top1" in h]
