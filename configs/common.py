@@ -23,8 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.image_size = 224
     # Held-out examples of train for model selection; -1: the dataset's default.
     config.data.val_size = -1
-    # Host threads for tf.data; keep low on small CPUs so the step gets the cores.
-    config.data.num_threads = 2
+    # Host threads for tf.data; 0: this process's share of the host's cores,
+    # less one (`byol.data.pipeline.default_num_threads`): JPEGs need them all.
+    config.data.num_threads = 0
     # Smallest random-resized-crop area, as a fraction of the image (recipe: 0.08).
     config.data.min_crop_area = 0.08
     # A box that does not fit the image: clamped as the reference does

@@ -42,8 +42,6 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config = common.base_config()
     config.data.dataset = "imagenette/160px-v2"
     config.data.image_size = 128
-    # JPEG decoding and cropping run on the host: 0 uses every core but one.
-    config.data.num_threads = 0
 
     config.model.encoder = "resnet18"
     common.set_norm_variant(config, variant)

@@ -447,6 +447,9 @@ def _cpu_model() -> str:
 
 def _pretrain_child(config_dict: dict, workdir: str, replies) -> None:
     """In a fresh process: one `byol.train.pretrain`; its outcome to `replies`."""
+    from byol import runtime  # noqa: PLC0415
+
+    runtime.quiet_logs()
     from byol import train  # noqa: PLC0415  (imports TensorFlow)
 
     try:
@@ -841,6 +844,12 @@ def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
         1, 3, figsize=(18, height), gridspec_kw=dict(width_ratios=(1.2, 1, 1))
     )
     colours = plt.get_cmap("tab20")
+    several_budgets = len({r.epochs for r in rows}) > 1
+
+    def name(row: Row) -> str:
+        budget = f", {row.epochs} ep." if several_budgets else ""
+        return f"{row.variant} ({row.recipe}{budget})"
+
     for y, row in enumerate(rows):
         final = _values(row.records, "final", "linear", "top1")
         start = _values(row.records, "start", "linear", "top1")
@@ -868,7 +877,7 @@ def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
                 means,
                 color=colours(y % 20),
                 ls="-" if row.recipe == "paper" else "--",
-                label=f"{row.variant} ({row.recipe})",
+                label=name(row),
             )
     if pixels:
         bars.axvline(100 * pixels["final"]["linear"]["top1"], color="grey", ls="--")
@@ -878,9 +887,7 @@ def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
             fontsize=8,
             color="grey",
         )
-    bars.set_yticks(
-        range(len(rows)), [f"{r.variant} ({r.recipe})" for r in rows], fontsize=8
-    )
+    bars.set_yticks(range(len(rows)), [name(r) for r in rows], fontsize=8)
     bars.invert_yaxis()
     bars.set_xlabel("linear probe top-1 on test (%): bar mean, dots seeds, | start")
     bars.grid(axis="x", alpha=0.3)
@@ -1009,7 +1016,7 @@ def main(argv, holders: dict[str, flags.FlagHolder]) -> None:
     from byol.runtime import set_cpu_flags  # noqa: PLC0415
 
     set_cpu_flags(2)
-    runtime.quiet_logs()  # its environment: the runs' processes inherit it
+    runtime.quiet_logs()
     from byol import config_checks  # noqa: PLC0415  (after the XLA flags)
 
     results_dir = holders["results"].value

@@ -12,4 +12,4 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="byol_test_cache_")
 # In-process runs see orbax's leftovers of a failed restore as byol.main does.
 from byol import runtime  # noqa: E402
 
-runtime.quiet_logs()  # children inherit the environment
+runtime.quiet_logs()

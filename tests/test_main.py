@@ -119,6 +119,15 @@ def test_bad_field_is_named_in_one_line(field, value, expected):
     assert _error(config).startswith(expected)
 
 
+def test_jpeg_presets_decode_on_every_core_the_process_has():
+    """0: `pipeline.default_num_threads` (the ImageNet preset had 2 threads)."""
+    from configs import byol as imagenet  # noqa: PLC0415
+    from configs import imagenette, stl10  # noqa: PLC0415
+
+    for config in (imagenet.get_config(), imagenette.get_config(), stl10.get_config()):
+        assert config.data.num_threads == 0, config.data.dataset
+
+
 def test_known_dataset_names_pass():
     for dataset in ("cifar10", "imagenette/160px-v2", "image_folder:/some/dir"):
         config = tiny_config("unused")

@@ -1,4 +1,4 @@
-"""`byol.runtime.set_cpu_flags`: XLA's CPU flags, the user's winning."""
+"""`byol.runtime`: XLA's CPU flags, the user's winning; TensorFlow's start."""
 
 import os
 import subprocess
@@ -118,3 +118,33 @@ def test_conv_inputs_stay_stored_through_compilation():
         check=True,
     )
     assert int(out.stdout.split()[-1]) >= 2, out.stderr[-2000:]
+
+
+_IMPORT_TENSORFLOW = """
+import os, sys
+from byol import runtime
+runtime.quiet_logs()
+import tensorflow as tf
+tf.constant(1) + 1
+print("oneDNN off:", os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0", file=sys.stderr)
+"""
+
+
+def test_tensorflow_starts_silent_with_onednn_on():
+    """oneDNN off would silence it too, but batches crops 20x slower."""
+    pytest.importorskip("tensorflow")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_TENSORFLOW],
+        cwd=REPO,
+        env=dict(env, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.splitlines() == ["oneDNN off: False"], result.stderr
