@@ -115,8 +115,10 @@ def quiet_logs() -> None:
     fails to read, orbax abandons the other reads; their callbacks reach a
     closed asyncio loop ("Event loop is closed", through
     `sys.unraisablehook`) and asyncio logs "exception was never retrieved".
-    The corruption is already reported in one line; every other unraisable
-    error or asyncio record passes.
+    The corruption is already reported in one line. A Ctrl-C that lands in a
+    finaliser or a gc callback (JAX's, say) is not printed either:
+    `catch_interrupts` remembers it. Every other unraisable error or asyncio
+    record passes.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _import_tensorflow_quietly()
@@ -126,6 +128,8 @@ def quiet_logs() -> None:
         error = unraisable.exc_value
         if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
             return
+        if isinstance(error, KeyboardInterrupt) and INTERRUPTS:
+            return  # a Ctrl-C that hit a finaliser or gc callback: remembered
         previous(unraisable)
 
     def keep(record: logging.LogRecord) -> bool:

@@ -148,3 +148,20 @@ def test_tensorflow_starts_silent_with_onednn_on():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.splitlines() == ["oneDNN off: False"], result.stderr
+
+
+def test_a_ctrl_c_in_a_gc_callback_is_remembered_not_printed(monkeypatch):
+    """It landed in JAX's gc callback once: "Exception ignored in ..."."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(runtime, "INTERRUPTS", [])
+    runtime.quiet_logs()
+
+    class Unraisable:
+        exc_value = KeyboardInterrupt()
+
+    sys.unraisablehook(Unraisable)
+    assert seen == [Unraisable]  # no Ctrl-C pressed: it is printed
+    runtime.INTERRUPTS.append(2)
+    sys.unraisablehook(Unraisable)
+    assert seen == [Unraisable]  # the handler remembered it: not printed
