@@ -14,12 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 site=${SITE:-/tmp/byol_site}
+# The names of the Makefile's GPU_WHEELS (tests/test_gpu_check.py holds them
+# equal); --no-deps, or pip would put a CPU jax over the image's CUDA one.
 needed="dm-haiku jmp tabulate ml-collections dm-pix"
 if ! "$python" -c "import haiku, ml_collections, dm_pix" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
   else
-    "$python" -m pip install -q --no-compile --target "$site" $needed
+    "$python" -m pip install -q --no-deps --no-compile --target "$site" $needed
   fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -55,3 +55,9 @@ def test_every_requirement_of_the_wheels_is_in_the_image_or_a_wheel():
     image = _closure(IMAGE) | set(FLAX_BRINGS)
     missing = {r for w in wheels for r in _requirements(w)} - wheels - image
     assert not missing, f"add to GPU_WHEELS in the Makefile: {sorted(missing)}"
+
+
+def test_the_script_installs_the_same_packages_from_pypi():
+    with open(os.path.join(REPO, "experiments", "gpu_check.sh")) as f:
+        needed = re.search(r'^needed="(.*)"$', f.read(), re.M).group(1).split()
+    assert needed == list(_gpu_wheels())
