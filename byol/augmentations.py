@@ -104,68 +104,53 @@ class AugmentationConfig:
                     f"{name} {value!r} invalid; expected (low, high) numbers"
                 ) from None
             object.__setattr__(self, name, (low, high))
-        for name in (
+        for name, (ok, expected) in _DOMAINS.items():
+            if not ok(getattr(self, name)):
+                raise ValueError(
+                    f"{name} {getattr(self, name)!r} invalid; expected {expected}"
+                )
+
+
+def _number_in(low: float, high: float):
+    ok = lambda v: isinstance(v, int | float) and low <= v <= high  # noqa: E731
+    return ok, f"a number in [{low}, {high}]"
+
+
+def _range_in(high: float):
+    return (lambda v: 0 < v[0] <= v[1] <= high), f"low <= high within (0, {high}]"
+
+
+# Each field's domain: a value outside would silently mean another one.
+_DOMAINS = {
+    **dict.fromkeys(
+        (
             "flip_prob",
             "color_jitter_prob",
             "grayscale_prob",
             "blur_prob",
             "solarize_prob",
-        ):
-            _check_in(name, getattr(self, name), 0.0, 1.0)
-        _check_range("crop_area_range", self.crop_area_range, 0.0, 1.0, open_low=True)
-        _check_range(
-            "crop_aspect_range", self.crop_aspect_range, 0.0, math.inf, open_low=True
-        )
-        _check_range("blur_sigma", self.blur_sigma, 0.0, math.inf, open_low=True)
-        _check_in("brightness", self.brightness, 0.0, math.inf)
-        _check_in("contrast", self.contrast, 0.0, 1.0)
-        _check_in("saturation", self.saturation, 0.0, 1.0)
-        _check_in("hue", self.hue, 0.0, 0.5)
-        _check_in("solarize_threshold", self.solarize_threshold, 0.0, 1.0)
-        if not isinstance(self.crop_max_attempts, int) or self.crop_max_attempts < 1:
-            raise ValueError(
-                f"crop_max_attempts {self.crop_max_attempts!r} invalid; "
-                "expected an int >= 1"
-            )
-        if self.crop_rule not in CROP_RULES:
-            raise ValueError(
-                f"crop_rule {self.crop_rule!r} unknown; expected one of: "
-                + ", ".join(CROP_RULES)
-            )
-        if self.resize_method not in RESIZE_METHODS:
-            raise ValueError(
-                f"resize_method {self.resize_method!r} unknown; expected one of: "
-                + ", ".join(RESIZE_METHODS)
-            )
-        k = self.blur_kernel_size
-        if k is not None and (not isinstance(k, int) or k < 1 or k % 2 == 0):
-            raise ValueError(
-                f"blur_kernel_size {k!r} invalid; expected None or an odd int >= 1"
-            )
-
-
-def _check_in(name: str, value: float, low: float, high: float) -> None:
-    if not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(
-            f"{name} {value!r} invalid; expected a number in [{low}, {high}]"
-        )
-
-
-def _check_range(
-    name: str,
-    value: tuple[float, float],
-    low: float,
-    high: float,
-    open_low: bool = False,
-) -> None:
-    lo, hi = value
-    lower_ok = lo > low if open_low else lo >= low
-    if not (lower_ok and lo <= hi <= high):
-        bracket = "(" if open_low else "["
-        raise ValueError(
-            f"{name} {value!r} invalid; expected low <= high within "
-            f"{bracket}{low}, {high}]"
-        )
+            "contrast",
+            "saturation",
+            "solarize_threshold",
+        ),
+        _number_in(0.0, 1.0),
+    ),
+    "brightness": _number_in(0.0, math.inf),
+    "hue": _number_in(0.0, 0.5),
+    "crop_area_range": _range_in(1.0),
+    "crop_aspect_range": _range_in(math.inf),
+    "blur_sigma": _range_in(math.inf),
+    "crop_max_attempts": (lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
+    "crop_rule": (lambda v: v in CROP_RULES, "one of: " + ", ".join(CROP_RULES)),
+    "resize_method": (
+        lambda v: v in RESIZE_METHODS,
+        "one of: " + ", ".join(RESIZE_METHODS),
+    ),
+    "blur_kernel_size": (
+        lambda k: k is None or (isinstance(k, int) and k >= 1 and k % 2 == 1),
+        "None or an odd int >= 1",
+    ),
+}
 
 
 VIEW1 = AugmentationConfig(blur_prob=1.0, solarize_prob=0.0)
@@ -458,12 +443,6 @@ def _check_images(images: jax.Array) -> None:
         )
 
 
-def to_unit_float(images: jax.Array) -> jax.Array:
-    """A checked batch ``[B, H, W, C]`` (C 1 or 3, uint8 or float) in float32 [0, 1]."""
-    _check_images(images)
-    return _unit_float(images)
-
-
 def _unit_float(images: jax.Array) -> jax.Array:
     if images.dtype == jnp.uint8:
         return images.astype(jnp.float32) / 255.0
@@ -505,15 +484,6 @@ def apply_augmentation_params(
     # Channel-major while augmenting; transposing uint8 moves 4x fewer bytes.
     x = _unit_float(jnp.transpose(images, (0, 3, 1, 2)))
 
-    def maybe(prob: float, decision: jax.Array, op, image: jax.Array) -> jax.Array:
-        # Static skip for never/always; otherwise the op runs and is selected
-        # (a vmapped branch would compute both sides anyway).
-        if prob == 0.0:
-            return image
-        if prob == 1.0:
-            return op(image)
-        return jnp.where(decision, op(image), image)
-
     def one(image: jax.Array, p: AugmentationParams) -> jax.Array:
         if crop:
             image = _resized_crop(
@@ -527,39 +497,33 @@ def apply_augmentation_params(
                 antialias=config.antialias,
             )
             image = jnp.clip(image, 0.0, 1.0)
-        image = maybe(
-            config.flip_prob,
-            p.flip,
-            lambda im: pix.flip_left_right(im, channel_axis=0),
-            image,
-        )
-        image = maybe(
-            config.color_jitter_prob,
-            p.color_jitter,
-            lambda im: _color_jitter(im, p),
-            image,
-        )
-        if channels == 3:
-            image = maybe(
-                config.grayscale_prob,
-                p.grayscale,
-                lambda im: pix.rgb_to_grayscale(im, keep_dims=True, channel_axis=0),
-                image,
-            )
-        image = maybe(
-            config.blur_prob,
-            p.blur,
-            lambda im: jnp.clip(
-                gaussian_blur(im, p.blur_sigma, kernel_size, channel_axis=0), 0.0, 1.0
-            ),
-            image,
-        )
-        return maybe(
-            config.solarize_prob,
-            p.solarize,
-            lambda im: pix.solarize(im, config.solarize_threshold),
-            image,
-        )
+        ops = [
+            (config.flip_prob, p.flip, flip),
+            (config.color_jitter_prob, p.color_jitter, lambda im: _color_jitter(im, p)),
+            (config.grayscale_prob if channels == 3 else 0.0, p.grayscale, gray),
+            (config.blur_prob, p.blur, lambda im: blur(im, p.blur_sigma)),
+            (config.solarize_prob, p.solarize, solarize),
+        ]
+        for prob, decision, op in ops:
+            # Static skip for never/always; otherwise the op runs and is
+            # selected (a vmapped branch would compute both sides anyway).
+            if prob == 1.0:
+                image = op(image)
+            elif prob > 0.0:
+                image = jnp.where(decision, op(image), image)
+        return image
+
+    def flip(im):
+        return pix.flip_left_right(im, channel_axis=0)
+
+    def gray(im):
+        return pix.rgb_to_grayscale(im, keep_dims=True, channel_axis=0)
+
+    def blur(im, sigma):
+        return jnp.clip(gaussian_blur(im, sigma, kernel_size, channel_axis=0), 0.0, 1.0)
+
+    def solarize(im):
+        return pix.solarize(im, config.solarize_threshold)
 
     return jnp.transpose(jax.vmap(one)(x, params), (0, 2, 3, 1))
 
@@ -650,33 +614,3 @@ def normalize(
                 "(the channel count) or 1"
             )
     return (x - mean) / std
-
-
-def center_crop_and_resize(
-    images: jax.Array,
-    output_size: int,
-    crop_fraction: float = 224.0 / 256.0,
-    method: str = "cubic",
-    antialias: bool = False,
-) -> jax.Array:
-    """Evaluation preprocessing on the device: centre square crop, then resize.
-
-    The crop side is ``int(crop_fraction * min(H, W))`` at offset
-    ``((H - side) + 1) // 2``, as the reference's ``_decode_and_center_crop``.
-    """
-    x = to_unit_float(images)
-    out_h, out_w = _output_hw(x, output_size)
-    _check_in("crop_fraction", crop_fraction, 0.0, 1.0)
-    if method not in RESIZE_METHODS:
-        raise ValueError(
-            f"method {method!r} unknown; expected one of: " + ", ".join(RESIZE_METHODS)
-        )
-    batch, height, width, channels = x.shape
-    side = max(1, int(crop_fraction * min(height, width)))
-    top, left = (height - side + 1) // 2, (width - side + 1) // 2
-    x = x[:, top : top + side, left : left + side]
-    if (side, side) != (out_h, out_w):
-        x = jax.image.resize(
-            x, (batch, out_h, out_w, channels), method, antialias=antialias
-        )
-    return jnp.clip(x, 0.0, 1.0)

@@ -332,6 +332,11 @@ def _check_variables(tree, where: str, path: str) -> dict:
     return out
 
 
+# What pickle's opcodes raise on a malformed or truncated file.
+_MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError)
+_MALFORMED += (IndexError, AttributeError, OverflowError, MemoryError, RecursionError)
+
+
 def _unpickle(path: str):
     size = os.path.getsize(path)
     if size > MAX_FILE_BYTES:
@@ -346,18 +351,7 @@ def _unpickle(path: str):
             if path in str(error):
                 raise
             raise UnsafeCheckpointError(f"{error} (in {path})") from None
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            AttributeError,
-            OverflowError,
-            MemoryError,
-            RecursionError,
-        ) as error:
+        except _MALFORMED as error:
             reason = str(error).strip().splitlines()
             reason = reason[0][:200] if reason else type(error).__name__
             raise CheckpointFormatError(

@@ -326,19 +326,14 @@ def _train_classifiers(config, encoder, experiment, steps, rates):
     run = encoder.config.data
     batch_size = config.evaluation.batch_size
     state = parallel.replicate(experiment.init(jax.random.key(config.seed), len(rates)))
-    batches = pipeline.load(
-        run.dataset,
+    batches = pipeline.load_from_config(
+        run,
         "train_minus_val",
         is_training=True,
         batch_dims=(jax.local_device_count(), batch_size // jax.device_count()),
-        image_size=run.image_size,
-        data_dir=run.data_dir,
         seed=config.seed,
         two_views=False,
         labelled_only=True,
-        num_threads=run.num_threads,
-        val_size=None if run.val_size < 0 else run.val_size,
-        skip_bad_images=run.skip_corrupt_images,
     )
     batches = device.prefetch_to_device(batches, size=2)
     progress = reporting.Progress(steps, 0, batch_size)

@@ -52,18 +52,13 @@ class ProbeResult(NamedTuple):
 
 def eval_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int):
     """One ordered, padded pass over this process's shard of a labelled split."""
-    return pipeline.load(
-        data_config.dataset,
+    # The probe is supervised: STL-10's unlabelled images stay out.
+    return pipeline.load_from_config(
+        data_config,
         split,
         is_training=False,
         batch_dims=(batch_size,),
-        image_size=data_config.image_size,
-        data_dir=data_config.data_dir,
-        num_threads=data_config.num_threads,
-        val_size=None if data_config.val_size < 0 else data_config.val_size,
-        # The probe is supervised: STL-10's unlabelled images stay out.
         labelled_only=True,
-        skip_bad_images=data_config.skip_corrupt_images,
     )
 
 

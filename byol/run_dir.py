@@ -121,10 +121,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def dataset_info(config: ml_collections.ConfigDict):
     """`byol.data.dataset_info` of the config's dataset."""
     return pipeline.dataset_info(
-        config.data.dataset,
-        config.data.data_dir,
-        val_size=None if config.data.val_size < 0 else config.data.val_size,
-        skip_bad_images=config.data.skip_corrupt_images,
+        config.data.dataset, **pipeline.source_settings(config.data)
     )
 
 

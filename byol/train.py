@@ -186,20 +186,14 @@ def _prepend(first, rest):
 
 
 def _train_batches(config, start_step: int):
-    return pipeline.load(
-        config.data.dataset,
+    per_device = config_checks.per_device_batch(config.training.batch_size)
+    return pipeline.load_from_config(
+        config.data,
         "train",
         is_training=True,
-        batch_dims=(
-            jax.local_device_count(),
-            config_checks.per_device_batch(config.training.batch_size),
-        ),
-        image_size=config.data.image_size,
-        data_dir=config.data.data_dir,
+        batch_dims=(jax.local_device_count(), per_device),
         seed=config.seed,
         start_step=start_step,
-        num_threads=config.data.num_threads,
-        skip_bad_images=config.data.skip_corrupt_images,
         min_crop_area=config.data.min_crop_area,
     )
 

@@ -615,15 +615,3 @@ def test_normalize_uses_imagenet_and_luma_statistics():
         aug.normalize(g, mean=aug.IMAGENET_MEAN, std=(0.3,))
     with pytest.raises(ValueError, match="channels"):
         aug.normalize(jnp.zeros((1, 2, 2, 2)))
-
-
-def test_center_crop_and_resize_follows_the_reference_rule():
-    x = _rand((2, 8, 11, 3), seed=19)
-    # side = int(1.0 * 8) = 8, left = (11 - 8 + 1) // 2 = 2.
-    out = aug.center_crop_and_resize(x, 8, crop_fraction=1.0)
-    np.testing.assert_allclose(out, x[:, :, 2:10], atol=1e-6)
-    out = aug.center_crop_and_resize(x, 16)
-    assert out.shape == (2, 16, 16, 3)
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    with pytest.raises(ValueError, match="output_size"):
-        aug.center_crop_and_resize(x, 0)

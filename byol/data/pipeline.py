@@ -195,6 +195,27 @@ def load(
     )
 
 
+def source_settings(data) -> dict:
+    """`load`'s and `dataset_info`'s arguments from a config's ``data`` section."""
+    return dict(
+        data_dir=data.data_dir,
+        val_size=None if data.val_size < 0 else data.val_size,
+        skip_bad_images=data.skip_corrupt_images,
+    )
+
+
+def load_from_config(data, split: str, **kwargs) -> Iterator[dict[str, np.ndarray]]:
+    """`load` of the dataset a config's ``data`` section names, as it sets it."""
+    return load(
+        data.dataset,
+        split,
+        image_size=data.image_size,
+        num_threads=data.num_threads,
+        **source_settings(data),
+        **kwargs,
+    )
+
+
 def batch_plan(
     source, start, end, batch, is_training, seed, process_index, process_count
 ):
