@@ -156,7 +156,7 @@ class Checkpointer:
         )
         return CheckpointWriteError(
             f"cannot write checkpoint {step} to {self.directory}: "
-            f"{_first_line(error)}; {kept}"
+            f"{_write_reason(error)}; {kept}"
         )
 
     def restore(self, step: int, like: PyTree) -> tuple[PyTree, dict[str, Any]]:
@@ -243,6 +243,18 @@ class Checkpointer:
         os.rename(path, target)
         self._manager.reload()
         return f"{report}; moved it to {target}"
+
+
+def _write_reason(error: BaseException) -> str:
+    """Why a write failed: the OS error, also when tensorstore's message wraps it.
+
+    Orbax's threads race to report a full disk: the metadata write's OSError or
+    tensorstore's ValueError (a path and its spec, ending in the OS error code).
+    """
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code and not isinstance(error, OSError):
+        return f"[Errno {code[1]}] {os.strerror(int(code[1]))}"
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -265,3 +265,19 @@ def test_real_write_failure_is_one_line_and_keeps_the_previous(tmp_path):
     )
     ckpt.close()
     _assert_latest_is_step_1(tmp_path)
+
+
+def test_a_write_error_wrapped_by_tensorstore_names_the_os_error():
+    """Orbax reports a full disk as the metadata's OSError or as tensorstore's
+    ValueError (whichever thread fails first): both read the same."""
+    wrapped = ValueError(
+        'OUT_OF_RANGE: Error writing "state/.zarray": Failed to write 89 bytes: '
+        'No space left on device [tensorstore_spec=\'{"driver":"zarr"}\'] '
+        f"[os_error_code='{errno.ENOSPC}']"
+    )
+    expected = f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}"
+    assert checkpointing._write_reason(wrapped) == expected
+    assert (
+        checkpointing._write_reason(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        == expected
+    )
