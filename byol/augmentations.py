@@ -484,6 +484,18 @@ def apply_augmentation_params(
     # Channel-major while augmenting; transposing uint8 moves 4x fewer bytes.
     x = _unit_float(jnp.transpose(images, (0, 3, 1, 2)))
 
+    def flip(im):
+        return pix.flip_left_right(im, channel_axis=0)
+
+    def gray(im):
+        return pix.rgb_to_grayscale(im, keep_dims=True, channel_axis=0)
+
+    def blur(im, sigma):
+        return jnp.clip(gaussian_blur(im, sigma, kernel_size, channel_axis=0), 0.0, 1.0)
+
+    def solarize(im):
+        return pix.solarize(im, config.solarize_threshold)
+
     def one(image: jax.Array, p: AugmentationParams) -> jax.Array:
         if crop:
             image = _resized_crop(
@@ -512,18 +524,6 @@ def apply_augmentation_params(
             elif prob > 0.0:
                 image = jnp.where(decision, op(image), image)
         return image
-
-    def flip(im):
-        return pix.flip_left_right(im, channel_axis=0)
-
-    def gray(im):
-        return pix.rgb_to_grayscale(im, keep_dims=True, channel_axis=0)
-
-    def blur(im, sigma):
-        return jnp.clip(gaussian_blur(im, sigma, kernel_size, channel_axis=0), 0.0, 1.0)
-
-    def solarize(im):
-        return pix.solarize(im, config.solarize_threshold)
 
     return jnp.transpose(jax.vmap(one)(x, params), (0, 2, 3, 1))
 

@@ -113,23 +113,21 @@ def num_classes(config: ml_collections.ConfigDict, synthetic: bool) -> int:
     """Classes of the config's dataset (a synthetic run reads no dataset)."""
     if synthetic:
         return _NUM_CLASSES.get(catalog.base_name(config.data.dataset), 10)
-    from byol.data import pipeline  # noqa: PLC0415
+    from byol import run_dir  # noqa: PLC0415
 
-    return pipeline.dataset_info(config.data.dataset, config.data.data_dir).num_classes
+    return run_dir.dataset_info(config).num_classes
 
 
 def _train_batches(config, batch_dims) -> Iterator[dict[str, np.ndarray]]:
     from byol.data import pipeline  # noqa: PLC0415
 
-    return pipeline.load(
-        config.data.dataset,
+    return pipeline.load_from_config(
+        config.data,
         "train",
         is_training=True,
         batch_dims=batch_dims,
-        image_size=config.data.image_size,
-        data_dir=config.data.data_dir,
         seed=config.seed,
-        num_threads=config.data.num_threads,
+        min_crop_area=config.data.min_crop_area,
     )
 
 
