@@ -159,7 +159,11 @@ def _restore_or_init(job: _Job, checkpointer) -> _Run:
     )
     restored = checkpointer.restore_latest(like)
     start_step = restored.step if restored else 0
-    batches = device.prefetch_to_device(_train_batches(config, start_step), size=2)
+    per_device = config_checks.per_device_batch(config.training.batch_size)
+    batch_dims = (jax.local_device_count(), per_device)
+    batches = device.prefetch_to_device(
+        pipeline.pretraining_batches(config, batch_dims, start_step), size=2
+    )
     first = next(batches)
     distributed.barrier("byol_init")
     if restored:
@@ -183,19 +187,6 @@ def _restore_or_init(job: _Job, checkpointer) -> _Run:
 def _prepend(first, rest):
     yield first
     yield from rest
-
-
-def _train_batches(config, start_step: int):
-    per_device = config_checks.per_device_batch(config.training.batch_size)
-    return pipeline.load_from_config(
-        config.data,
-        "train",
-        is_training=True,
-        batch_dims=(jax.local_device_count(), per_device),
-        seed=config.seed,
-        start_step=start_step,
-        min_crop_area=config.data.min_crop_area,
-    )
 
 
 def _features(job: _Job, state):

@@ -121,14 +121,7 @@ def num_classes(config: ml_collections.ConfigDict, synthetic: bool) -> int:
 def _train_batches(config, batch_dims) -> Iterator[dict[str, np.ndarray]]:
     from byol.data import pipeline  # noqa: PLC0415
 
-    return pipeline.load_from_config(
-        config.data,
-        "train",
-        is_training=True,
-        batch_dims=batch_dims,
-        seed=config.seed,
-        min_crop_area=config.data.min_crop_area,
-    )
+    return pipeline.pretraining_batches(config, batch_dims)
 
 
 # ------------------------------------------------------------------- timing

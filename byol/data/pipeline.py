@@ -216,6 +216,21 @@ def load_from_config(data, split: str, **kwargs) -> Iterator[dict[str, np.ndarra
     )
 
 
+def pretraining_batches(
+    config, batch_dims: tuple[int, ...], start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """The pre-training stream a config describes, from `start_step` on."""
+    return load_from_config(
+        config.data,
+        "train",
+        is_training=True,
+        batch_dims=batch_dims,
+        seed=config.seed,
+        start_step=start_step,
+        min_crop_area=config.data.min_crop_area,
+    )
+
+
 def batch_plan(
     source, start, end, batch, is_training, seed, process_index, process_count
 ):
