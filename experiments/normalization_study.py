@@ -833,7 +833,10 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
 
 
 def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
-    """Final linear probe per row (seeds, and each row's start); curves by step."""
+    """Final linear probe per row (seeds, and each row's start); curves by step.
+
+    The curves are each row's mean over seeds, and each seed faintly.
+    """
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -872,13 +875,13 @@ def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
                 continue
             steps = sorted(set.intersection(*(set(dict(c)) for c in curves)))
             means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
-            axis.plot(
-                steps,
-                means,
-                color=colours(y % 20),
-                ls="-" if row.recipe == "paper" else "--",
-                label=name(row),
+            style = dict(
+                color=colours(y % 20), ls="-" if row.recipe == "paper" else "--"
             )
+            axis.plot(steps, means, label=name(row), **style)
+            # A mean can hide a seed that collapsed: each seed, faint.
+            for curve in curves if len(curves) > 1 else ():
+                axis.plot(*zip(*curve, strict=True), lw=0.9, alpha=0.55, **style)
     if pixels:
         bars.axvline(100 * pixels["final"]["linear"]["top1"], color="grey", ls="--")
         bars.annotate(
