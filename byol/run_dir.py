@@ -3,18 +3,24 @@
     <workdir>/config.json      the run's full config (written before step 1)
     <workdir>/checkpoints/     orbax checkpoints (`byol.checkpointing`)
     <workdir>/metrics.jsonl, tensorboard/, results.json, training.png
+    <workdir>/.lock.<process>  held while a pre-training run is in it
 
 The three jobs (`byol.train`, `byol.linear_eval`, `byol.export`) meet here:
-pre-training records the config and refuses a directory holding checkpoints
-of another network; evaluation and export rebuild the experiment from
-config.json and restore its newest checkpoint, writing nothing there.
+pre-training holds the directory, records the config and refuses a
+directory holding checkpoints of another network or in use by another run;
+evaluation and export rebuild the experiment from config.json and restore
+its newest checkpoint, writing nothing there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
+import logging
 import os
+import socket
 import tempfile
 from typing import Any, NamedTuple
 
@@ -84,6 +90,43 @@ def writable_dir(directory: str, flag: str = "--workdir") -> None:
             f"{flag} {directory} cannot be written ({error.strerror or error}); "
             "give a directory you can write"
         ) from None
+
+
+@contextlib.contextmanager
+def claimed(workdir: str):
+    """Holds `workdir` for one pre-training run: a second one there is refused.
+
+    Two runs in one directory would overwrite each other's checkpoints and
+    interleave their metrics. Each process holds an advisory lock on its own
+    file (the processes of one multi-host run do not block each other); the
+    kernel releases it when the process ends, so a crash leaves nothing to
+    clean up. A file system without locks is not checked.
+
+    Raises:
+        ValueError: another run holds the directory (its pid and host named).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, f".lock.{jax.process_index()}")
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ValueError(
+                f"workdir {workdir} is in use by another run ({holder}); wait "
+                "for it to end or use another --workdir"
+            ) from None
+        except OSError as error:
+            logging.getLogger(__name__).warning(
+                "%s cannot be locked (%s): not checking for another run there",
+                path,
+                error.strerror or error,
+            )
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:

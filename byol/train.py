@@ -55,7 +55,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     Raises:
         ValueError: a bad config field, a dataset the evaluations cannot use,
-            or a work directory of another run.
+            or a work directory of another run or in use by one.
         FileNotFoundError: a missing dataset.
         FloatingPointError: a non-finite update (unless skipped), naming its
             step and the checkpoint kept.
@@ -65,12 +65,16 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run_dirs.writable_dir(workdir)
     info = run_dirs.dataset_info(config)
     _check_evaluations(config, info)
-    run_dirs.record_config(workdir, config)
-    job = _Job(
-        config, workdir, run_dirs.make_experiment(config, info.num_classes), info
-    )
+    with run_dirs.claimed(workdir):
+        run_dirs.record_config(workdir, config)
+        experiment = run_dirs.make_experiment(config, info.num_classes)
+        return _run(_Job(config, workdir, experiment, info))
+
+
+def _run(job: _Job) -> dict[str, Any]:
+    """Finishes the run: resumes or starts it, trains, writes its results."""
     checkpointer = checkpointing.Checkpointer(
-        workdir, config.training.max_checkpoints_to_keep
+        job.workdir, job.config.training.max_checkpoints_to_keep
     )
     metrics = None
     try:
@@ -79,7 +83,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if finished is not None:
                 return finished
             run = _restore_or_init(job, checkpointer)
-            metrics = reporting.MetricsLog(workdir, run.start_step)
+            metrics = reporting.MetricsLog(job.workdir, run.start_step)
             start = _start_evaluation(job, run, metrics)
             state, scalars, seconds, images_per_second = _train(
                 job, checkpointer, run, metrics

@@ -193,6 +193,43 @@ def test_resume_refuses_every_change_of_the_network(tmp_path, field, value):
     run_dirs.record_config(str(tmp_path), dtype)
 
 
+def test_a_workdir_in_use_by_another_run_is_refused(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    with run_dirs.claimed(str(workdir)):  # this process: "the other run"
+        result = _cli(*tiny_cli_flags(data_dir, max_steps=2), f"--workdir={workdir}")
+        _one_line(result, f"workdir {workdir} is in use by another run (pid ")
+        assert f"(pid {os.getpid()} on " in result.stderr
+        with pytest.raises(ValueError, match="in use by another run"):
+            with run_dirs.claimed(str(workdir)):  # a second claim, same process
+                pass
+    assert sorted(os.listdir(workdir)) == [".lock.0"]  # refused before config.json
+    # A holder that dies without releasing (SIGKILL) leaves the lock free.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from byol import run_dir\n"
+            "with run_dir.claimed(sys.argv[1]):\n"
+            "    print('held', flush=True); time.sleep(300)",
+            str(workdir),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"pid {holder.pid} on "):
+            with run_dirs.claimed(str(workdir)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_dirs.claimed(str(workdir)):
+        pass
+
+
 def test_checkpoints_without_config_json_are_refused(tmp_path):
     (tmp_path / "checkpoints" / "4").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds checkpoints but no config.json"):
