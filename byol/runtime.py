@@ -12,6 +12,7 @@ these.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import importlib.util
@@ -142,6 +143,11 @@ def quiet_logs() -> None:
 
 
 INTERRUPTS: list[int] = []  # Ctrl-C presses since `catch_interrupts`
+# Where a KeyboardInterrupt raised mid-call can leave a file half written or
+# a writer thread's lock or queue in a state the exit then waits on: a
+# checkpoint (orbax, tensorstore) or TensorBoard's writer.
+_HELD_IN = ("orbax", "tensorstore", "tensorboardX")
+_BETWEEN_STEPS: list[bool] = []  # set inside `interrupts_at_step_ends`
 
 
 def catch_interrupts() -> None:
@@ -149,22 +155,41 @@ def catch_interrupts() -> None:
 
     Raised inside a finaliser or a callback it would be printed as "Exception
     ignored" and lost (the run ending with status 0); `INTERRUPTS` keeps it.
-    Pressed while orbax or tensorstore is in the middle of a checkpoint, it
-    is held until `raise_if_interrupted`, at the end of the step.
+    Pressed during the training loop, or while a checkpoint or TensorBoard
+    file is being written, it is held until `raise_if_interrupted` at the end
+    of the step; a second press inside the loop stops at once.
     """
 
     def handler(signum, frame):
         INTERRUPTS.append(signum)
+        if _BETWEEN_STEPS and len(INTERRUPTS) == 1:
+            os.write(1, b"\nCtrl-C: stopping after this step (again to stop now)\n")
+            return
         while frame is not None:
-            if frame.f_globals.get("__name__", "").startswith(("orbax", "tensorstore")):
-                return  # held: a checkpoint is being written
+            if frame.f_globals.get("__name__", "").startswith(_HELD_IN):
+                return  # held: a file is being written
             frame = frame.f_back
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
 
 
+@contextlib.contextmanager
+def interrupts_at_step_ends():
+    """Inside, a first Ctrl-C waits for `raise_if_interrupted`.
+
+    The loop's calls (the input stream's threads, the metrics writer, the
+    checkpointer) are never cut mid-way, so the run ends as after any step.
+    """
+    _BETWEEN_STEPS.append(True)
+    try:
+        yield
+    finally:
+        _BETWEEN_STEPS.pop()
+    raise_if_interrupted()  # pressed after the last step's check
+
+
 def raise_if_interrupted() -> None:
-    """Raises the KeyboardInterrupt of a Ctrl-C held during a checkpoint."""
+    """Raises the KeyboardInterrupt of a Ctrl-C held until the end of a step."""
     if INTERRUPTS:
         raise KeyboardInterrupt

@@ -85,9 +85,10 @@ def _run(job: _Job) -> dict[str, Any]:
             run = _restore_or_init(job, checkpointer)
             metrics = reporting.MetricsLog(job.workdir, run.start_step)
             start = _start_evaluation(job, run, metrics)
-            state, scalars, seconds, images_per_second = _train(
-                job, checkpointer, run, metrics
-            )
+            with runtime.interrupts_at_step_ends():
+                state, scalars, seconds, images_per_second = _train(
+                    job, checkpointer, run, metrics
+                )
         finally:
             checkpointer.close()
         summary = dict(

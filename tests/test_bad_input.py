@@ -20,6 +20,7 @@ from byol import config_checks  # noqa: E402
 from byol import run_dir as run_dirs  # noqa: E402
 from tests.fixtures import (  # noqa: E402
     REPO,
+    child_env,
     tiny_cli_flags,
     tiny_config,
     write_fake_fashion_mnist,
@@ -281,7 +282,7 @@ def test_ctrl_c_stops_in_one_line_and_resumes(tmp_path, data_dir):
         f"--workdir={tmp_path / 'run'}",
         *tiny_cli_flags(data_dir, max_steps=6, checkpoint_every_steps=1),
     ]
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    env = child_env(tmp_path / "xla_cache")  # the resumed run compiles nothing
     process = subprocess.Popen(
         command,
         cwd=REPO,

@@ -1,6 +1,7 @@
 """`byol.runtime`: XLA's CPU flags, the user's winning; TensorFlow's start."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -165,3 +166,56 @@ def test_a_ctrl_c_in_a_gc_callback_is_remembered_not_printed(monkeypatch):
     runtime.INTERRUPTS.append(2)
     sys.unraisablehook(Unraisable)
     assert seen == [Unraisable]  # the handler remembered it: not printed
+
+
+@pytest.fixture
+def ctrl_c(monkeypatch):
+    """Presses Ctrl-C in this process under `runtime.catch_interrupts`."""
+    monkeypatch.setattr(runtime, "INTERRUPTS", [])
+    previous = signal.getsignal(signal.SIGINT)
+    runtime.catch_interrupts()
+
+    def press():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):  # the handler runs between bytecodes
+            pass
+
+    yield press
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_in_the_loop_waits_for_the_step_end(ctrl_c, capfd):
+    """One cut mid-step once left the exit hung (CI); the step now ends."""
+    finished = []
+    with pytest.raises(KeyboardInterrupt), runtime.interrupts_at_step_ends():
+        ctrl_c()
+        finished.append("step")  # not cut: the step goes on
+        runtime.raise_if_interrupted()  # its end
+        finished.append("next step")
+    assert finished == ["step"]
+    assert "Ctrl-C: stopping after this step" in capfd.readouterr().out
+
+
+def test_a_second_ctrl_c_in_the_loop_stops_at_once(ctrl_c):
+    finished = []
+    with pytest.raises(KeyboardInterrupt), runtime.interrupts_at_step_ends():
+        ctrl_c()
+        ctrl_c()
+        finished.append("step")
+    assert finished == []
+
+
+def test_a_ctrl_c_after_the_last_check_stops_at_the_loop_end(ctrl_c):
+    with pytest.raises(KeyboardInterrupt), runtime.interrupts_at_step_ends():
+        ctrl_c()
+    assert runtime.INTERRUPTS == [signal.SIGINT]
+
+
+def test_a_ctrl_c_while_a_tensorboard_file_is_written_is_held(ctrl_c):
+    writer = {"__name__": "tensorboardX.event_file_writer", "press": ctrl_c}
+    exec("press(); written = True", writer)  # a frame of that module
+    assert writer["written"]
+    with pytest.raises(KeyboardInterrupt):
+        runtime.raise_if_interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c()  # outside the loop and any writer: at once
