@@ -35,6 +35,7 @@ SimCLR temperature 0.1.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import glob
@@ -190,6 +191,30 @@ KEY_VARIANTS = (
 )
 PRED10X_VARIANTS = ("byol_none", "byol_gn_ws", "byol_bn")
 PILOT = (("byol_bn", "byol_none"), (1, 3, 10))  # variants x epochs, paper, seed 0
+# The figure's panels of curves: rows that answer one question side by side.
+FIGURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "where BN sits (Table 1 of the report)": (
+        "byol_bn",
+        "byol_bn_enc_proj",
+        "byol_bn_enc_pred",
+        "byol_bn_enc",
+        "byol_bn_proj_pred",
+        "byol_bn_proj",
+        "byol_bn_pred",
+        "byol_bn_1000ep",
+    ),
+    "without batch statistics": (
+        "byol_none",
+        "byol_bn_init",
+        "byol_gn_ws",
+        "byol_gn",
+        "byol_ws",
+        "byol_gn_ws_ln_heads",
+        "byol_gn_ws_1000ep",
+    ),
+    "SimCLR": ("simclr_bn", "simclr_none"),
+}
+PILOT_GROUP = "the budget pilot"
 
 
 def variant_names(scale: str) -> list[str]:
@@ -832,80 +857,127 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
             )
 
 
+def figure_groups(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """The rows of each panel of curves, in `FIGURE_GROUPS` order.
+
+    Rows off the main budget (the one most runs have) are the pilot's and get
+    a panel of their own, so a 1-epoch curve is not read beside 10-epoch ones.
+    """
+    runs = collections.Counter(r.epochs for r in rows for _ in r.records)
+    main = runs.most_common(1)[0][0] if runs else None
+    group_of = {v: g for g, names in FIGURE_GROUPS.items() for v in names}
+    groups: dict[str, list[Row]] = {g: [] for g in (*FIGURE_GROUPS, PILOT_GROUP)}
+    for row in rows:
+        groups[group_of[row.variant] if row.epochs == main else PILOT_GROUP].append(row)
+    variants, recipes = list(VARIANTS), list(RECIPES)
+    for members in groups.values():  # a variant's recipes side by side
+        members.sort(key=lambda r: (variants.index(r.variant), recipes.index(r.recipe)))
+    return {g: members for g, members in groups.items() if members}
+
+
 def plot_study(rows: Sequence[Row], path: str, title: str, pixels=None) -> None:
     """Final linear probe per row (seeds, and each row's start); curves by step.
 
-    The curves are each row's mean over seeds, and each seed faintly.
+    One pair of curve panels (collapse indicator, effective rank) per figure
+    group; in a panel a variant keeps one colour, solid for the paper's
+    recipe and dashed for pred x10, so the two recipes of a variant read as a
+    pair. The curves are each row's mean over seeds, and each seed faintly.
     """
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    height = max(4.0, 0.3 * len(rows) + 1.5)
-    fig, (bars, collapse, rank) = plt.subplots(
-        1, 3, figsize=(18, height), gridspec_kw=dict(width_ratios=(1.2, 1, 1))
-    )
-    colours = plt.get_cmap("tab20")
+    groups = figure_groups(rows)
+    ordered = [row for members in groups.values() for row in members]
+    fig = plt.figure(figsize=(19, max(4.5, 3.6 * len(groups))))
+    grid = fig.add_gridspec(len(groups), 3, width_ratios=(1.2, 1, 1))
+    bars = fig.add_subplot(grid[:, 0])
+    colours = plt.get_cmap("tab10")
     several_budgets = len({r.epochs for r in rows}) > 1
 
     def name(row: Row) -> str:
         budget = f", {row.epochs} ep." if several_budgets else ""
         return f"{row.variant} ({row.recipe}{budget})"
 
-    for y, row in enumerate(rows):
+    colour = {}
+    for members in groups.values():
+        keys = list(dict.fromkeys((r.variant, r.epochs) for r in members))
+        for row in members:
+            colour[id(row)] = colours(keys.index((row.variant, row.epochs)) % 10)
+    # A blank slot above each group holds its name.
+    slots, ys, y = {}, [], 0
+    for group, members in groups.items():
+        slots[group] = y
+        ys += range(y + 1, y + 1 + len(members))
+        y += 1 + len(members)
+    for y, row in zip(ys, ordered, strict=True):
         final = _values(row.records, "final", "linear", "top1")
         start = _values(row.records, "start", "linear", "top1")
         if final:
             bars.barh(
-                y, 100 * statistics.fmean(final), color=colours(y % 20), alpha=0.6
+                y,
+                100 * statistics.fmean(final),
+                color=colour[id(row)],
+                alpha=0.6,
+                hatch="" if row.recipe == "paper" else "//",
             )
             bars.scatter([100 * v for v in final], [y] * len(final), color="k", s=10)
         if start:
             bars.scatter(
                 [100 * v for v in start], [y] * len(start), marker="|", color="k", s=60
             )
-        for axis, key in ((collapse, "collapse"), (rank, "rank_projection")):
-            curves = [
-                [(h["step"], h[key]) for h in r.get("history", []) if key in h]
-                for r in row.records
-            ]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            steps = sorted(set.intersection(*(set(dict(c)) for c in curves)))
-            means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
-            style = dict(
-                color=colours(y % 20), ls="-" if row.recipe == "paper" else "--"
-            )
-            axis.plot(steps, means, label=name(row), **style)
-            # A mean can hide a seed that collapsed: each seed, faint.
-            for curve in curves if len(curves) > 1 else ():
-                axis.plot(*zip(*curve, strict=True), lw=0.9, alpha=0.55, **style)
+    for g, (group, members) in enumerate(groups.items()):
+        if g:
+            bars.axhline(slots[group] - 0.5, color="k", lw=0.6)
+        bars.annotate(group, (1, slots[group] + 0.2), fontsize=8, style="italic")
+        collapse, rank = fig.add_subplot(grid[g, 1]), fig.add_subplot(grid[g, 2])
+        for row in members:
+            _plot_curves(collapse, rank, row, name(row), colour[id(row)])
+        collapse.set(ylabel="collapse indicator\n(1 spread, 0 collapsed)")
+        rank.set(ylabel="effective rank of\nthe projection (RankMe)")
+        collapse.set_title(group, fontsize=10, loc="left")
+        for axis in (collapse, rank):
+            axis.set_ylim(bottom=0)
+            axis.grid(alpha=0.3)
+            axis.set_xlabel("step" if g == len(groups) - 1 else "")
+        if collapse.lines:
+            rank.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if pixels:
         bars.axvline(100 * pixels["final"]["linear"]["top1"], color="grey", ls="--")
         bars.annotate(
             "raw pixels",
-            (100 * pixels["final"]["linear"]["top1"], -0.6),
+            (100 * pixels["final"]["linear"]["top1"] + 0.5, 0.2),
             fontsize=8,
             color="grey",
         )
-    bars.set_yticks(range(len(rows)), [name(r) for r in rows], fontsize=8)
-    bars.invert_yaxis()
+    bars.set_yticks(ys, [name(r) for r in ordered], fontsize=8)
+    bars.set_ylim(ys[-1] + 0.6, -0.6)
     bars.set_xlabel("linear probe top-1 on test (%): bar mean, dots seeds, | start")
     bars.grid(axis="x", alpha=0.3)
-    collapse.set(xlabel="step", ylabel="collapse indicator (1 spread, 0 collapsed)")
-    collapse.set_ylim(bottom=0)
-    rank.set(xlabel="step", ylabel="effective rank of the projection (RankMe)")
-    rank.set_ylim(bottom=0)
-    for axis in (collapse, rank):
-        axis.grid(alpha=0.3)
-    if collapse.lines:
-        rank.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_curves(collapse, rank, row: Row, label: str, colour) -> None:
+    """The row's mean over seeds of both curves, and each seed faintly."""
+    for axis, key in ((collapse, "collapse"), (rank, "rank_projection")):
+        curves = [
+            [(h["step"], h[key]) for h in r.get("history", []) if key in h]
+            for r in row.records
+        ]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(dict(c)) for c in curves)))
+        means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
+        style = dict(color=colour, ls="-" if row.recipe == "paper" else "--")
+        axis.plot(steps, means, label=label, **style)
+        # A mean can hide a seed that collapsed: each seed, faint.
+        for curve in curves if len(curves) > 1 else ():
+            axis.plot(*zip(*curve, strict=True), lw=0.9, alpha=0.55, **style)
 
 
 def write_report(records: Sequence[dict], results_dir: str) -> dict:

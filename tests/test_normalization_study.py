@@ -280,3 +280,31 @@ def test_summary_gives_mean_std_and_gain_over_each_run_s_own_start():
         "| 72.5 (BYOL paper, 300 ep. (74.3 at 1000 ep.)) |"
     )
     assert "(1 diverged)" in table[3]
+
+
+def test_figure_groups_hold_every_variant_once_and_set_the_pilot_apart():
+    grouped = [v for names in study.FIGURE_GROUPS.values() for v in names]
+    assert sorted(grouped) == sorted(study.VARIANTS)
+    records = [
+        _record("simclr_none", 0, 0.7, 0.8),
+        {**_record("byol_none", 0, 0.7, 0.8), "recipe": "pred10x"},
+        _record("byol_none", 0, 0.7, 0.8),
+        _record("byol_none", 1, 0.7, 0.8),
+        {**_record("byol_bn", 0, 0.7, 0.8), "epochs": 1},
+        _record("byol_bn", 0, 0.7, 0.8),
+    ]
+    groups = study.figure_groups(study.summarise(records))
+    named = {
+        g: [(r.variant, r.recipe, r.epochs) for r in rows] for g, rows in groups.items()
+    }
+    assert named == {
+        "where BN sits (Table 1 of the report)": [("byol_bn", "paper", 10)],
+        # The two recipes of a variant side by side, the paper's first.
+        "without batch statistics": [
+            ("byol_none", "paper", 10),
+            ("byol_none", "pred10x", 10),
+        ],
+        "SimCLR": [("simclr_none", "paper", 10)],
+        # Off the budget most runs have: the pilot's panel.
+        study.PILOT_GROUP: [("byol_bn", "paper", 1)],
+    }
