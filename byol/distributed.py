@@ -160,7 +160,11 @@ def initialize(
     """Connects this process to the others of its run, if it is one of several.
 
     Must run before anything starts JAX's backends. On CPUs the collectives go
-    through gloo (TCP). Returns whether `jax.distributed.initialize` ran.
+    through gloo (TCP), and each process compiles its own programs: with jax
+    0.12.1 a program loaded from the persistent compilation cache
+    (``JAX_COMPILATION_CACHE_DIR``) hangs in its first gloo collective, so a
+    resumed run would never take a step. Returns whether
+    `jax.distributed.initialize` ran.
     """
     arguments = initialize_arguments(
         coordinator_address, num_processes, process_id, device_ids
@@ -169,6 +173,8 @@ def initialize(
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**arguments)
+    if jax.default_backend() == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)
     return True
 
 

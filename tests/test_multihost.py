@@ -11,6 +11,7 @@ resumes from its checkpoint of step 2 and must end where it ended before.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,10 +43,14 @@ def _free_port():
 
 
 def _env(tmp, devices):
-    # The resumed run loads what the first one compiled.
+    # A persistent compilation cache, as a user's environment may set: the
+    # resumed run must not hang on the first run's programs (jax 0.12.1; see
+    # `byol.distributed.initialize`). A hung child prints every thread's
+    # Python stack when `_wait` aborts it.
     return child_env(
         tmp / "xla_cache",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONFAULTHANDLER="1",
     )
 
 
@@ -58,7 +63,10 @@ def _start(args, env, log_path):
 
 
 def _wait(started):
-    """Waits for every process; kills them all if one fails or hangs."""
+    """Waits for every process; aborts them all if one fails or hangs.
+
+    A hung process is sent SIGABRT first, so its log ends with its stacks.
+    """
     codes = []
     try:
         for process, _ in started:
@@ -68,10 +76,26 @@ def _wait(started):
     finally:
         for process, log in started:
             if process.poll() is None:
-                process.kill()
-                process.wait()
+                process.send_signal(signal.SIGABRT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
             log.close()
     return codes
+
+
+def _check_exits(codes, expected, tmp, names):
+    """Fails with the end of every child's log (pytest would elide a repr)."""
+    if codes == expected:
+        return
+    tails = "\n".join(
+        f"--- {name}.log (last 60 lines) ---\n"
+        + "\n".join(read_text(tmp / f"{name}.log").splitlines()[-60:])
+        for name in names
+    )
+    pytest.fail(f"exit codes {codes}, expected {expected} ({tmp})\n{tails}")
 
 
 def _two_processes(workdir, common, tmp, name):
@@ -126,8 +150,8 @@ def runs(tmp_path_factory):
         )
     )
     codes = _wait(started)
+    _check_exits(codes, [0, 0, 0], tmp, ("run_0", "run_1", "reference"))
     logs = {name: read_text(tmp / f"{name}.log") for name in ("run_0", "run_1")}
-    assert codes == [0, 0, 0], (codes, tmp, logs)
     first = checkpointed_state(workdir, STEPS)
     results = json.loads(read_text(workdir / "results.json"))
 
@@ -135,10 +159,10 @@ def runs(tmp_path_factory):
     shutil.rmtree(workdir / "checkpoints" / str(STEPS))
     os.remove(workdir / "results.json")
     codes = _wait(_two_processes(workdir, common, tmp, "resumed"))
+    _check_exits(codes, [0, 0], tmp, ("resumed_0", "resumed_1"))
     logs.update(
         {name: read_text(tmp / f"{name}.log") for name in ("resumed_0", "resumed_1")}
     )
-    assert codes == [0, 0], (codes, tmp, logs)
     return dict(
         data_dir=data_dir,
         workdir=workdir,
