@@ -33,7 +33,7 @@ from tests.fixtures import (  # noqa: E402
 
 STEPS = 3
 SAVED_AT = 2  # the run's other checkpoint, resumed from
-TIMEOUT_S = 600  # a hang guard; ~90 s alone, slower beside other tests
+TIMEOUT_S = 600  # a hang guard; each run ~60 s alone, slower beside other tests
 
 
 def _free_port():
